@@ -1,0 +1,87 @@
+//! Every limit and default of the server, named, with the reason for its value.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Address `backupd serve` listens on when none is given: loopback only, so a
+/// fresh install is not exposed before the operator decides to expose it.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Data directory when none is given, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "./backupd-data";
+
+/// Name of the credentials file inside the data directory.
+pub const CREDENTIALS_FILE_NAME: &str = "credentials";
+
+/// Name of the storage root inside the data directory.
+pub const STORAGE_DIR_NAME: &str = "backups";
+
+/// Most connections served at once. Each costs a socket, a task and, while
+/// it downloads, two read buffers; 4,096 keeps a fleet's nightly burst served
+/// while bounding memory and file descriptors (the default soft limit of
+/// open files is often 1,024, so raise it for more).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// Time a client has to send a complete request head, and also how long an
+/// HTTP/1.1 connection may sit idle between requests (hyper starts the timer
+/// whenever it waits for a head). Short enough to shed slowloris sockets,
+/// long enough for a slow link.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A connection on which no byte moved in either direction for this long is
+/// closed: catches stalled readers of a download and idle HTTP/2 connections,
+/// which have no header timer.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Most bytes of request head (request line plus headers) accepted. Real
+/// clients send well under 2 KiB; a Basic header is ~200 bytes.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Most header fields accepted in one request.
+pub const MAX_HEADERS: usize = 64;
+
+/// Most concurrent HTTP/2 streams per connection; a system downloads one or a
+/// few backups at a time.
+pub const MAX_CONCURRENT_STREAMS: u32 = 64;
+
+/// Default time in-flight downloads get to finish after SIGTERM or SIGINT.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+
+/// How often the storage root is re-opened and compared with the one in use;
+/// half the 2 s within which a removed or replaced root must be noticed.
+pub const STORAGE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often the credentials file is re-read; half the 2 s within which a
+/// `systems add` or `remove` must take effect on a running server.
+pub const CREDENTIALS_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Value of `Retry-After` (seconds) on a 503: a few storage checks later.
+pub const RETRY_AFTER_SECONDS: u32 = 5;
+
+/// Bytes read from a backup file per chunk. Large enough that per-chunk
+/// overhead (a blocking-pool hop, a frame) vanishes next to the copy; small
+/// enough that a download holds at most two chunks of its own.
+pub const READ_CHUNK_BYTES: usize = 128 * 1024;
+
+/// Most characters of a rejected id echoed back in a 400 body or a log line.
+pub const MAX_ECHOED_ID_CHARS: usize = 128;
+
+/// Where the server finds its files and how it limits its clients.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where the credentials file is.
+    pub credentials: PathBuf,
+    /// The storage root: one directory per system below it.
+    pub storage: PathBuf,
+    /// Whether the storage root may be created at start-up. True only for the
+    /// default location inside the data dir: creating an explicit `--storage`
+    /// would write backups onto the root filesystem when a mount is missing.
+    pub create_storage: bool,
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Time in-flight requests get to finish on shutdown.
+    pub grace_period: Duration,
+}

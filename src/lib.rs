@@ -1,0 +1,48 @@
+//! backupd keeps and serves encrypted backups for many registered systems.
+//!
+//! A system authenticates with HTTP Basic (`system name : secret`) and can only
+//! ever reach its own backups. The bad outcomes are made impossible by
+//! construction rather than avoided by care:
+//!
+//! * the filesystem is reached through [`cap_std::fs::Dir`] handles only, one
+//!   per system directory, so no path, `..`, symlink or encoding trick can
+//!   leave it; [`sandbox::DirPath::open`] is the single place where the
+//!   process turns a path into a directory handle (`ambient_authority()`
+//!   appears once in the crate);
+//! * a backup id is a parsed [`BackupId`](backup_id::BackupId): nothing
+//!   downstream ever sees the raw string;
+//! * secrets are stored salted and hashed and compared in constant time, with
+//!   the same work for unknown systems ([`credentials::Credentials::verify`]).
+//!
+//! # Layout
+//!
+//! * [`config`]: every limit and default, named and documented.
+//! * [`sandbox`]: the one ambient entry point to the filesystem.
+//! * [`system_name`]: `SystemName`, the only spelling of a system name.
+//! * [`backup_id`]: `BackupId`, the only spelling of a backup id.
+//! * [`credentials`]: the credentials file: format, hashing, verification,
+//!   live reload.
+//! * [`auth`]: `Authorization` header to credentials to an authenticated system.
+//! * [`store`]: `BackupStore`, the storage root watcher and the sandboxed open.
+//! * [`body`]: response bodies; streams a backup with flat memory.
+//! * [`error`]: the error enum and its JSON envelope.
+//! * [`routes`]: dispatch of (method, path) to handlers; the one place errors
+//!   become responses.
+//! * [`server`]: the accept loop: connection cap, timeouts, graceful drain.
+//! * [`systems`]: the `backupd systems add|remove|list` commands.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod backup_id;
+pub mod body;
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod routes;
+pub mod sandbox;
+pub mod server;
+pub mod store;
+pub mod system_name;
+pub mod systems;

@@ -1,0 +1,214 @@
+//! The accept loop: connection cap, timeouts (with a timer), graceful drain.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::config::{
+    HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_HEADER_BYTES, MAX_HEADERS,
+};
+use crate::routes::{self, App};
+
+/// How the accept loop limits its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections served at once; further ones wait in the backlog.
+    pub max_connections: usize,
+    /// Time in-flight requests get to finish once shutdown starts.
+    pub grace_period: Duration,
+}
+
+/// Pause after a failed `accept` (say, out of file descriptors) before the
+/// next, so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves `listener` until `shutdown` completes, then stops accepting, lets
+/// in-flight connections finish for up to `limits.grace_period`, and returns.
+pub async fn run(
+    listener: TcpListener,
+    app: Arc<App>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // Without a timer hyper silently ignores header_read_timeout.
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_headers(MAX_HEADERS)
+        // Caps the request head, and how much hyper queues for writing
+        // before it asks the body for more.
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .keep_alive_interval(Some(IDLE_TIMEOUT / 2))
+        .keep_alive_timeout(IDLE_TIMEOUT / 4);
+    let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let clock = Instant::now();
+
+    tokio::pin!(shutdown);
+    loop {
+        // Take a permit before accepting: past the cap, connections wait in
+        // the kernel's backlog instead of costing us a task each.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let last_activity = Arc::new(AtomicU64::new(clock.elapsed().as_millis() as u64));
+        let io = TokioIo::new(ActivityIo {
+            inner: stream,
+            clock,
+            last_activity: last_activity.clone(),
+        });
+        let service = service_fn(move |req| routes::handle(app.clone(), peer, req));
+        let conn = graceful.watch(builder.serve_connection(io, service).into_owned());
+        tokio::spawn(async move {
+            serve_until_idle(conn, peer, clock, &last_activity).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        "shutting down: no longer accepting"
+    );
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections finished"),
+        () = tokio::time::sleep(limits.grace_period) => {
+            tracing::warn!(grace_period_s = limits.grace_period.as_secs(), "grace period over; closing remaining connections");
+        }
+    }
+}
+
+/// Drives one connection, closing it when no byte has moved for [`IDLE_TIMEOUT`].
+async fn serve_until_idle<C, E>(
+    conn: C,
+    peer: SocketAddr,
+    clock: Instant,
+    last_activity: &AtomicU64,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    loop {
+        let idle_since = Duration::from_millis(last_activity.load(Ordering::Relaxed));
+        let deadline = clock + idle_since + IDLE_TIMEOUT;
+        tokio::select! {
+            result = &mut conn => {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(deadline.into()) => {
+                let now = clock.elapsed();
+                let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
+                if now.saturating_sub(last) >= IDLE_TIMEOUT {
+                    tracing::info!(peer = %peer, "closing connection idle for {} s", IDLE_TIMEOUT.as_secs());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A socket that records when a byte last moved through it.
+struct ActivityIo {
+    inner: TcpStream,
+    clock: Instant,
+    /// Milliseconds since `clock` of the last read or write that moved bytes.
+    last_activity: Arc<AtomicU64>,
+}
+
+impl ActivityIo {
+    fn touch(&self) {
+        let now = self.clock.elapsed().as_millis() as u64;
+        self.last_activity.store(now, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for ActivityIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for ActivityIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
