@@ -178,7 +178,7 @@ mod tests {
             "01934fab-bc33-7890-c1b2-c3d4e5f6a7b8.bin".into(),
             // Multi-byte characters where the dot and digits should be.
             format!("{}\u{ff0e}tar.gz", UUID),
-            format!("01934fab-bc33-7890-a1b2-c3d4e5f6a7b\u{0668}.bin"),
+            "01934fab-bc33-7890-a1b2-c3d4e5f6a7b\u{0668}.bin".to_string(),
         ] {
             assert_eq!(bad.parse::<BackupId>(), Err(InvalidBackupId), "{bad:?}");
         }

@@ -503,7 +503,7 @@ mod tests {
             (format!("{}x\n", line), 1),
             ("a:sha256:AAAA:AAAA\n".to_string(), 1),
         ] {
-            let err = Credentials::parse(text.as_bytes()).err().expect(&text);
+            let err = Credentials::parse(text.as_bytes()).expect_err(&text);
             assert_eq!(err.line, line_no, "{text}");
         }
     }

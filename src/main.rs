@@ -89,11 +89,13 @@ enum SystemsCommand {
     /// Register a system; prints its new secret, alone, on stdout.
     Add {
         /// [A-Za-z0-9][A-Za-z0-9._-]{0,127}
+        #[arg(allow_hyphen_values = true)]
         name: String,
     },
     /// Revoke a system's access; its backups stay on disk.
     Remove {
         /// The system to revoke.
+        #[arg(allow_hyphen_values = true)]
         name: String,
     },
     /// List registered systems, one per line.

@@ -1,0 +1,332 @@
+//! The command line: `systems add|remove|list`, start-up, live reload, signals.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::*;
+use hyper::StatusCode;
+
+fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in walk(dir) {
+        let content = std::fs::read(&entry).unwrap_or_default();
+        out.push((
+            entry.strip_prefix(dir).unwrap().display().to_string(),
+            content,
+        ));
+    }
+    out.sort();
+    out
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            out.push(path.clone());
+            if path.is_dir() {
+                out.extend(walk(&path));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn add_prints_only_a_strong_secret_and_stores_only_a_salted_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = cli(dir.path(), &["systems", "add", "fw-01.example_com"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.lines().count(),
+        1,
+        "stdout must be the secret alone: {out:?}"
+    );
+    let secret = out.trim_end();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(secret)
+        .unwrap();
+    assert!(raw.len() * 8 >= 256);
+
+    let creds_path = dir.path().join("credentials");
+    let creds = std::fs::read_to_string(&creds_path).unwrap();
+    assert!(!creds.contains(secret));
+    assert!(creds.contains("fw-01.example_com:sha256:"));
+    assert_eq!(
+        std::fs::metadata(&creds_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(dir.path().join("backups/fw-01.example_com").is_dir());
+
+    // Two systems get different secrets, and equal secrets would not collide
+    // in the file thanks to the salt.
+    let (_, out2, _) = cli(dir.path(), &["systems", "add", "fw2"]);
+    assert_ne!(out2.trim_end(), secret);
+
+    let (code, out, _) = cli(dir.path(), &["systems", "list"]);
+    assert_eq!(code, 0);
+    assert_eq!(out, "fw-01.example_com\nfw2\n");
+}
+
+#[test]
+fn invalid_and_duplicate_names_exit_non_zero_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    cli(dir.path(), &["systems", "add", "fw1"]);
+    let before = snapshot(dir.path());
+    let long = "a".repeat(129);
+    for bad in [
+        "",
+        ".",
+        "..",
+        ".hidden",
+        "-x",
+        "a/b",
+        "a\\b",
+        "a:b",
+        "a b",
+        "é",
+        "fw1\n",
+        long.as_str(),
+        "foo/config",
+    ] {
+        let (code, out, err) = cli(dir.path(), &["systems", "add", bad]);
+        assert_ne!(code, 0, "{bad:?} accepted");
+        assert!(out.is_empty());
+        assert!(err.contains("invalid system name"), "{err}");
+        assert_eq!(snapshot(dir.path()), before, "{bad:?} changed something");
+    }
+    let (code, out, err) = cli(dir.path(), &["systems", "add", "fw1"]);
+    assert_ne!(code, 0);
+    assert!(out.is_empty());
+    assert!(err.contains("already exists"), "{err}");
+    assert_eq!(snapshot(dir.path()), before);
+
+    let (code, _, err) = cli(dir.path(), &["systems", "remove", "nobody"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no system named nobody"), "{err}");
+    assert_eq!(snapshot(dir.path()), before);
+
+    // Remove revokes, keeps the backups, and the name can be added again.
+    std::fs::write(dir.path().join("backups/fw1").join(ID), b"kept").unwrap();
+    let (code, _, _) = cli(dir.path(), &["systems", "remove", "fw1"]);
+    assert_eq!(code, 0);
+    assert_eq!(cli(dir.path(), &["systems", "list"]).1, "");
+    assert_eq!(
+        std::fs::read(dir.path().join("backups/fw1").join(ID)).unwrap(),
+        b"kept"
+    );
+}
+
+#[test]
+fn credentials_and_storage_can_live_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc/backupd/credentials");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let out = Command::new(bin())
+        .args(["systems", "add", "fw1", "--credentials"])
+        .arg(&etc)
+        .arg("--storage")
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(etc.is_file());
+    assert!(mnt.join("fw1").is_dir());
+    // The env vars work the same way.
+    let out = Command::new(bin())
+        .args(["systems", "list"])
+        .env("BACKUPD_CREDENTIALS", &etc)
+        .env("BACKUPD_STORAGE", &mnt)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "fw1\n");
+}
+
+#[tokio::test]
+async fn serve_with_no_arguments_starts_on_a_fresh_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(bin());
+    // No arguments at all: the listen address comes from the environment
+    // only so the test does not collide with a real port 8080.
+    command
+        .arg("serve")
+        .current_dir(dir.path())
+        .env("BACKUPD_LISTEN", "127.0.0.1:0");
+    let server = Server::launch(tempfile::tempdir().unwrap(), command).unwrap();
+    let data = dir.path().join("backupd-data");
+    assert!(data.join("credentials").is_file());
+    assert!(data.join("backups").is_dir());
+    assert!(
+        server.log().contains("backupd systems add NAME"),
+        "{}",
+        server.log()
+    );
+    let reply = get(server.addr, &backup_path(ID), None).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn a_malformed_credentials_file_stops_start_up_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    cli(dir.path(), &["systems", "add", "fw1"]);
+    let path = dir.path().join("credentials");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\nthis is not a credential\n");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 4"), "{err}");
+}
+
+#[tokio::test]
+async fn a_world_readable_credentials_file_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    cli(dir.path(), &["systems", "add", "fw1"]);
+    std::fs::set_permissions(
+        dir.path().join("credentials"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let server = Server::start_with(dir, &[]);
+    assert!(
+        server.log().contains("readable by other users"),
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test]
+async fn systems_added_and_removed_take_effect_within_2_s() {
+    let server = Server::start();
+    let dir = server.data().to_path_buf();
+    let (code, secret, _) = cli(&dir, &["systems", "add", "late"]);
+    assert_eq!(code, 0);
+    let auth = basic("late", secret.trim());
+    std::fs::write(server.storage().join("late").join(ID), b"hello").unwrap();
+    let start = Instant::now();
+    loop {
+        let reply = get(server.addr, &backup_path(ID), Some(&auth)).await;
+        if reply.status == StatusCode::OK {
+            assert_eq!(&reply.body[..], b"hello");
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "add not in effect within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, _, _) = cli(&dir, &["systems", "remove", "late"]);
+    assert_eq!(code, 0);
+    let start = Instant::now();
+    loop {
+        let reply = get(server.addr, &backup_path(ID), Some(&auth)).await;
+        if reply.status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "remove not in effect within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_corrupted_credentials_file_keeps_the_previous_credentials() {
+    let server = Server::start();
+    let secret = server.add_system("fw1");
+    server.put("fw1", ID, b"still here");
+    let path = server.data().join("credentials");
+    std::fs::write(&path, "fw1:sha256:garbage\n").unwrap();
+    assert!(
+        server.wait_for_log("line 1", Duration::from_secs(2)),
+        "{}",
+        server.log()
+    );
+    let reply = get(server.addr, &backup_path(ID), Some(&basic("fw1", &secret))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // Removing the file also keeps them.
+    std::fs::remove_file(&path).unwrap();
+    assert!(server.wait_for_log("credentials file is missing", Duration::from_secs(2)));
+    let reply = get(server.addr, &backup_path(ID), Some(&basic("fw1", &secret))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sighup_reloads_at_once() {
+    let server = Server::start();
+    let before = server.count_log("credentials reloaded");
+    server.signal(1);
+    assert!(server.wait_for_log("SIGHUP: reloading credentials", Duration::from_secs(2)));
+    server.wait_for_reload(before);
+}
+
+#[tokio::test]
+async fn sigterm_lets_a_download_finish_then_exits_0() {
+    use http_body_util::BodyExt;
+    let mut server = Server::start();
+    let secret = server.add_system("fw1");
+    let len: u64 = 256 << 20;
+    let file = std::fs::File::create(server.storage().join("fw1").join(ID)).unwrap();
+    file.set_len(len).unwrap();
+
+    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(backup_path(ID))
+        .header("host", "backupd")
+        .header("authorization", basic("fw1", &secret))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let res = within(STEP, sender.send_request(req)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let mut seen = within(STEP, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap()
+        .len() as u64;
+
+    server.signal(15);
+    assert!(
+        server.wait_for_log("no longer accepting", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    // New connections are refused once shutdown starts.
+    assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
+    // The download in flight still completes, slowly read.
+    while let Some(frame) = within(STEP, body.frame()).await {
+        seen += frame.unwrap().into_data().unwrap().len() as u64;
+        if seen < 8 << 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(seen, len);
+    let code = tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}

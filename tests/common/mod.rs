@@ -1,0 +1,364 @@
+//! Test harness: the real `backupd` binary on 127.0.0.1:0 in a temporary
+//! data directory, a real HTTP client, raw TCP where a client would
+//! normalise the request. Every wait is bounded so a hang fails the test.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::header::HeaderMap;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Longest any single step of a test may take.
+pub const STEP: Duration = Duration::from_secs(20);
+
+/// A backup id that parses (UUIDv7, RFC 4122 variant).
+pub const ID: &str = "01934fab-bc33-7890-a1b2-c3d4e5f6a7b8.tar.gz";
+/// Another valid id.
+pub const ID2: &str = "01934fab-bc33-7890-a1b2-c3d4e5f6a7b9.gpg";
+
+/// Runs `fut`, failing the test if it takes longer than `limit`.
+pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, fut)
+        .await
+        .expect("step timed out")
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_backupd")
+}
+
+/// Runs `backupd <args>` with `--data-dir dir`, returning (status, stdout, stderr).
+pub fn cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env_remove("BACKUPD_DATA_DIR")
+        .env_remove("BACKUPD_STORAGE")
+        .env_remove("BACKUPD_CREDENTIALS")
+        .output()
+        .expect("run backupd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A running `backupd serve`.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub addr: SocketAddr,
+    pub child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts a server on a fresh data directory.
+    pub fn start() -> Server {
+        Self::start_with(tempfile::tempdir().unwrap(), &[])
+    }
+
+    /// Starts a server on `dir` with extra arguments.
+    pub fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+        let mut command = Command::new(bin());
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(extra);
+        Self::launch(dir, command).unwrap_or_else(|log| panic!("server did not start: {log}"))
+    }
+
+    /// Runs `command` (a `backupd serve`) and waits for it to listen; on
+    /// failure, everything it logged.
+    pub fn launch(dir: tempfile::TempDir, mut command: Command) -> Result<Server, String> {
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .env_remove("BACKUPD_DATA_DIR")
+            .env_remove("BACKUPD_STORAGE")
+            .env_remove("BACKUPD_CREDENTIALS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn backupd serve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        // Drain stderr for the whole life of the server, or it blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr: SocketAddr = rest.split(';').next().unwrap().trim().parse().unwrap();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(STEP) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                // Let the drain thread take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(log.lock().unwrap().clone());
+            }
+        };
+        Ok(Server {
+            dir,
+            addr,
+            child,
+            log,
+        })
+    }
+
+    pub fn data(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The default storage root.
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("backups")
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// `backupd systems add NAME` against this server's data dir: the secret.
+    /// Waits (at most 2 s, the contract) for the server to pick it up.
+    pub fn add_system(&self, name: &str) -> String {
+        let reloads = self.count_log("credentials reloaded");
+        let (code, out, err) = cli(self.data(), &["systems", "add", name]);
+        assert_eq!(code, 0, "systems add failed: {err}");
+        self.wait_for_reload(reloads);
+        out.trim_end().to_string()
+    }
+
+    /// How many log lines contain `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// Waits for a credentials reload after `before` of them, at most 2 s.
+    pub fn wait_for_reload(&self, before: usize) {
+        let start = Instant::now();
+        while self.count_log("credentials reloaded") <= before {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "no reload within 2 s: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Writes a backup file for `system`.
+    pub fn put(&self, system: &str, id: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.storage().join(system).join(id);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    pub fn signal(&self, sig: i32) {
+        let rc = unsafe_free_kill(self.child.id(), sig);
+        assert_eq!(rc, 0, "kill failed");
+    }
+
+    /// Waits for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `kill(2)` through the `kill` command, keeping the tests free of `unsafe`.
+fn unsafe_free_kill(pid: u32, sig: i32) -> i32 {
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.code().unwrap_or(1))
+        .unwrap_or(1)
+}
+
+pub fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// A complete response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// Headers other than `date`, which differs by the second.
+    pub fn stable_headers(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self
+            .headers
+            .iter()
+            .filter(|(k, _)| k.as_str() != "date")
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection with hyper's client.
+pub async fn request(addr: SocketAddr, method: Method, path: &str, auth: Option<&str>) -> Reply {
+    within(STEP, async {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", addr.to_string());
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        let res = sender
+            .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    })
+    .await
+}
+
+pub async fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> Reply {
+    request(addr, Method::GET, path, auth).await
+}
+
+/// One request over HTTP/2 with prior knowledge.
+pub async fn get_h2(addr: SocketAddr, path: &str, auth: Option<&str>) -> Reply {
+    within(STEP, async {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::builder().uri(format!("http://{addr}{path}"));
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        let res = sender
+            .send_request(req.body(Empty::<Bytes>::new()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    })
+    .await
+}
+
+/// Sends raw bytes, half-closes nothing, and reads until the server closes
+/// or `limit` passes; returns everything read.
+pub async fn raw(addr: SocketAddr, request: &[u8], limit: Duration) -> Vec<u8> {
+    let mut stream = within(STEP, TcpStream::connect(addr)).await.unwrap();
+    let _ = within(STEP, stream.write_all(request)).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
+    out
+}
+
+/// The status code of a raw HTTP/1.x response.
+pub fn raw_status(response: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(response.get(..12)?).ok()?;
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+pub fn backup_path(id: &str) -> String {
+    format!("/api/systems/backups/{id}")
+}
+
+pub const NOT_FOUND_BODY: &str = r#"{"code":404,"message":"backup not found","data":{}}"#;
+pub const ROUTE_NOT_FOUND_BODY: &str = r#"{"code":404,"message":"not found","data":{}}"#;
+pub const UNAUTHORIZED_BODY: &str = r#"{"code":401,"message":"invalid token","data":{}}"#;
+pub const UNAVAILABLE_BODY: &str =
+    r#"{"code":503,"message":"backup storage unavailable","data":{}}"#;
+
+pub fn invalid_id_body(value: &str) -> String {
+    serde_json::json!({
+        "code": 400,
+        "message": "validation failed",
+        "data": {"type": "validation_error", "errors": [{"key": "id", "message": "invalid backup id", "value": value}]}
+    })
+    .to_string()
+}
