@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
@@ -65,10 +64,13 @@ impl RequestLog {
 }
 
 /// Answers one request. Never fails: every error is a response.
-pub async fn handle(
+///
+/// Generic over the request body so the whole-request fuzz target can drive
+/// it without a socket; the server passes hyper's `Incoming`.
+pub async fn handle<B>(
     app: Arc<App>,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<B>,
 ) -> Result<Response<Body>, Infallible> {
     let mut log = RequestLog {
         peer,
@@ -100,9 +102,9 @@ pub async fn handle(
 }
 
 /// `GET`/`HEAD /api/systems/backups/{id}`.
-async fn get_backup(
+async fn get_backup<B>(
     app: &App,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     raw_id: &str,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, Error> {
@@ -165,7 +167,7 @@ async fn get_backup(
     Ok(response)
 }
 
-fn authenticate(app: &App, req: &Request<Incoming>, log: &RequestLog) -> Result<SystemName, Error> {
+fn authenticate<B>(app: &App, req: &Request<B>, log: &RequestLog) -> Result<SystemName, Error> {
     let creds = app.credentials.current();
     auth::authenticate(req.headers(), &creds).map_err(|reason| {
         tracing::warn!(peer = %log.peer, reason = reason.as_str(), "authentication failed");

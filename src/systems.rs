@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use cap_std::fs::Dir;
 
-use crate::credentials::{CredentialsFile, LoadError};
+use crate::credentials::{Credentials, CredentialsFile, LoadError};
 use crate::sandbox::DirPath;
 use crate::system_name::{InvalidSystemName, SystemName};
 
@@ -71,18 +71,31 @@ fn open_storage(loc: &Locations) -> Result<Dir, CommandError> {
         })
 }
 
+fn credentials_file(loc: &Locations) -> Result<CredentialsFile, CommandError> {
+    CredentialsFile::new(&loc.credentials)
+        .map_err(|e| CommandError::Io("credentials path".into(), e))
+}
+
+/// Takes the credentials lock and reads the file under it; the lock is held
+/// until the returned `File` is dropped.
+fn lock_and_load(
+    loc: &Locations,
+) -> Result<(CredentialsFile, std::fs::File, Credentials), CommandError> {
+    let file = credentials_file(loc)?;
+    let lock = file
+        .lock()
+        .map_err(|e| CommandError::Io(format!("cannot lock {}", file.display()), e))?;
+    let creds = file
+        .load()
+        .map_err(|e| CommandError::Credentials(file.display(), e))?;
+    Ok((file, lock, creds))
+}
+
 /// Registers `name`, creates its storage directory, and returns its new
 /// secret: the only time the secret exists outside the client.
 pub fn add(loc: &Locations, name: &str) -> Result<String, CommandError> {
     let name = parse_name(name)?;
-    let file = CredentialsFile::new(&loc.credentials)
-        .map_err(|e| CommandError::Io("credentials path".into(), e))?;
-    let _lock = file
-        .lock()
-        .map_err(|e| CommandError::Io(format!("cannot lock {}", file.display()), e))?;
-    let mut creds = file
-        .load()
-        .map_err(|e| CommandError::Credentials(file.display(), e))?;
+    let (file, _lock, mut creds) = lock_and_load(loc)?;
     if creds.contains(&name) {
         return Err(CommandError::Duplicate(name));
     }
@@ -128,14 +141,7 @@ pub fn add(loc: &Locations, name: &str) -> Result<String, CommandError> {
 /// Unregisters `name`. Its backups stay where they are.
 pub fn remove(loc: &Locations, name: &str) -> Result<(), CommandError> {
     let name = parse_name(name)?;
-    let file = CredentialsFile::new(&loc.credentials)
-        .map_err(|e| CommandError::Io("credentials path".into(), e))?;
-    let _lock = file
-        .lock()
-        .map_err(|e| CommandError::Io(format!("cannot lock {}", file.display()), e))?;
-    let mut creds = file
-        .load()
-        .map_err(|e| CommandError::Credentials(file.display(), e))?;
+    let (file, _lock, mut creds) = lock_and_load(loc)?;
     if !creds.remove(&name) {
         return Err(CommandError::Unknown(name));
     }
@@ -145,8 +151,7 @@ pub fn remove(loc: &Locations, name: &str) -> Result<(), CommandError> {
 
 /// The registered systems, sorted.
 pub fn list(loc: &Locations) -> Result<Vec<SystemName>, CommandError> {
-    let file = CredentialsFile::new(&loc.credentials)
-        .map_err(|e| CommandError::Io("credentials path".into(), e))?;
+    let file = credentials_file(loc)?;
     let creds = file
         .load()
         .map_err(|e| CommandError::Credentials(file.display(), e))?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use common::*;
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 
 fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -287,18 +287,15 @@ async fn sigterm_lets_a_download_finish_then_exits_0() {
     let file = std::fs::File::create(server.storage().join("fw1").join(ID)).unwrap();
     file.set_len(len).unwrap();
 
-    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::get(backup_path(ID))
-        .header("host", "backupd")
-        .header("authorization", basic("fw1", &secret))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let res = within(STEP, sender.send_request(req)).await.unwrap();
+    let auth = basic("fw1", &secret);
+    let res = open(
+        server.addr,
+        false,
+        Method::GET,
+        &backup_path(ID),
+        Some(&auth),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::OK);
     let mut body = res.into_body();
     let mut seen = within(STEP, body.frame())

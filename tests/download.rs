@@ -444,18 +444,15 @@ async fn a_backup_larger_than_4_gib_streams_whole() {
         }
     }
     use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::get(backup_path(ID))
-        .header("host", "backupd")
-        .header("authorization", basic("fw1", &secret))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let res = within(STEP, sender.send_request(req)).await.unwrap();
+    let auth = basic("fw1", &secret);
+    let res = open(
+        server.addr,
+        false,
+        Method::GET,
+        &backup_path(ID),
+        Some(&auth),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["content-length"], len.to_string().as_str());
     let mut body = res.into_body();
@@ -487,18 +484,15 @@ async fn a_file_truncated_while_streaming_aborts_the_transfer() {
     let server = Server::start();
     let secret = server.add_system("fw1");
     let path = server.put("fw1", ID, &vec![7u8; 64 << 20]);
-    let stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::get(backup_path(ID))
-        .header("host", "backupd")
-        .header("authorization", basic("fw1", &secret))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let res = within(STEP, sender.send_request(req)).await.unwrap();
+    let auth = basic("fw1", &secret);
+    let res = open(
+        server.addr,
+        false,
+        Method::GET,
+        &backup_path(ID),
+        Some(&auth),
+    )
+    .await;
     assert_eq!(
         res.headers()["content-length"],
         (64u64 << 20).to_string().as_str()

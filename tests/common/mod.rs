@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper::header::HeaderMap;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -266,66 +267,66 @@ impl Reply {
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection with hyper's client.
-pub async fn request(addr: SocketAddr, method: Method, path: &str, auth: Option<&str>) -> Reply {
+/// Sends one request on a fresh connection (HTTP/1.1, or HTTP/2 with prior
+/// knowledge) and returns the response with its body still streaming.
+pub async fn open(
+    addr: SocketAddr,
+    h2: bool,
+    method: Method,
+    path: &str,
+    auth: Option<&str>,
+) -> hyper::Response<Incoming> {
     within(STEP, async {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", addr.to_string());
+        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let mut req = Request::builder().method(method);
+        req = if h2 {
+            req.uri(format!("http://{addr}{path}"))
+        } else {
+            req.uri(path).header("host", addr.to_string())
+        };
         if let Some(auth) = auth {
             req = req.header("authorization", auth);
         }
-        let res = sender
-            .send_request(req.body(Empty::<Bytes>::new()).unwrap())
-            .await
-            .unwrap();
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
+        let req = req.body(Empty::<Bytes>::new()).unwrap();
+        if h2 {
+            let (mut sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            sender.send_request(req).await.unwrap()
+        } else {
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            sender.send_request(req).await.unwrap()
         }
     })
     .await
+}
+
+/// Reads a whole response.
+pub async fn collect(res: hyper::Response<Incoming>) -> Reply {
+    let (parts, body) = res.into_parts();
+    let body = within(STEP, body.collect()).await.unwrap().to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection, read whole.
+pub async fn request(addr: SocketAddr, method: Method, path: &str, auth: Option<&str>) -> Reply {
+    collect(open(addr, false, method, path, auth).await).await
 }
 
 pub async fn get(addr: SocketAddr, path: &str, auth: Option<&str>) -> Reply {
     request(addr, Method::GET, path, auth).await
 }
 
-/// One request over HTTP/2 with prior knowledge.
+/// One GET over HTTP/2 with prior knowledge, read whole.
 pub async fn get_h2(addr: SocketAddr, path: &str, auth: Option<&str>) -> Reply {
-    within(STEP, async {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let mut req = Request::builder().uri(format!("http://{addr}{path}"));
-        if let Some(auth) = auth {
-            req = req.header("authorization", auth);
-        }
-        let res = sender
-            .send_request(req.body(Empty::<Bytes>::new()).unwrap())
-            .await
-            .unwrap();
-        let (parts, body) = res.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    })
-    .await
+    collect(open(addr, true, Method::GET, path, auth).await).await
 }
 
 /// Sends raw bytes, half-closes nothing, and reads until the server closes
