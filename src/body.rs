@@ -67,7 +67,7 @@ impl http_body::Body for Body {
     }
 }
 
-/// Streams `len` bytes of a file, one [`READ_CHUNK_BYTES`] chunk read ahead
+/// Streams `len` bytes of a file from offset `start`, one [`READ_CHUNK_BYTES`] chunk read ahead
 /// on the blocking pool while hyper writes the previous one.
 ///
 /// Reads are positional (`pread`) so the file offset is never shared state.
@@ -76,6 +76,9 @@ impl http_body::Body for Body {
 /// client sees a failed transfer, never a clean short body.
 pub struct FileBody {
     file: Arc<std::fs::File>,
+    /// File offset of the first byte to send (a range request's start).
+    start: u64,
+    /// Bytes to send.
     len: u64,
     /// Bytes handed to hyper.
     sent: u64,
@@ -86,10 +89,11 @@ pub struct FileBody {
 }
 
 impl FileBody {
-    /// Streams the first `len` bytes of `file`.
-    pub fn new(file: std::fs::File, len: u64, on_end: OnEnd) -> Self {
+    /// Streams `len` bytes of `file` starting at offset `start`.
+    pub fn new(file: std::fs::File, start: u64, len: u64, on_end: OnEnd) -> Self {
         FileBody {
             file: Arc::new(file),
+            start,
             len,
             sent: 0,
             requested: 0,
@@ -107,8 +111,8 @@ impl FileBody {
         if self.in_flight.is_some() || self.requested == self.len {
             return;
         }
-        let offset = self.requested;
-        let want = (self.len - offset).min(READ_CHUNK_BYTES as u64) as usize;
+        let want = (self.len - self.requested).min(READ_CHUNK_BYTES as u64) as usize;
+        let offset = self.start + self.requested;
         self.requested += want as u64;
         let file = self.file.clone();
         self.in_flight = Some(tokio::task::spawn_blocking(move || {

@@ -143,6 +143,7 @@ async fn get_backup<B>(
         };
         Body::File(FileBody::new(
             backup.file,
+            0,
             len,
             Box::new(move |sent, complete| log.write(StatusCode::OK, sent, complete)),
         ))
