@@ -84,4 +84,62 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Time in-flight requests get to finish on shutdown.
     pub grace_period: Duration,
+    /// What systems may do with their backups.
+    pub policy: Policy,
+}
+
+/// Default largest upload accepted, in bytes (`--max-upload-bytes`): 2 GiB,
+/// above any appliance's nightly backup we know of.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2 << 30;
+
+/// Default uploads allowed per system per minute (`--upload-rate-per-minute`).
+/// A system pushes one backup a night; six a minute allows retries.
+pub const DEFAULT_UPLOADS_PER_MINUTE: u32 = 6;
+
+/// Default uploads allowed per system per hour (`--upload-rate-per-hour`).
+pub const DEFAULT_UPLOADS_PER_HOUR: u32 = 60;
+
+/// Default backups kept per system (`--retention-count`).
+pub const DEFAULT_RETENTION_COUNT: u32 = 10;
+
+/// An upload body on which no byte arrives for this long is abandoned (and
+/// its temporary file removed); shorter than [`IDLE_TIMEOUT`] so the client
+/// can still be told.
+pub const UPLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes of an upload gathered in memory before one write to disk: large
+/// writes keep the blocking-pool hops rare, and bound an upload's memory.
+pub const WRITE_CHUNK_BYTES: usize = 1 << 20;
+
+/// What the server allows systems to do with their backups.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Largest upload, in bytes.
+    pub max_upload_bytes: u64,
+    /// Most bytes of backups per system; 0 = no quota.
+    pub quota_bytes: u64,
+    /// Uploads per system per minute; 0 = unlimited.
+    pub uploads_per_minute: u32,
+    /// Uploads per system per hour; 0 = unlimited.
+    pub uploads_per_hour: u32,
+    /// Backups kept per system after an upload; 0 = keep all.
+    pub retention_count: u32,
+    /// Bytes of backups kept per system after an upload; 0 = no limit.
+    pub retention_bytes: u64,
+    /// Refuse DELETE: only retention removes backups.
+    pub append_only: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            quota_bytes: 0,
+            uploads_per_minute: DEFAULT_UPLOADS_PER_MINUTE,
+            uploads_per_hour: DEFAULT_UPLOADS_PER_HOUR,
+            retention_count: DEFAULT_RETENTION_COUNT,
+            retention_bytes: 0,
+            append_only: false,
+        }
+    }
 }

@@ -31,6 +31,33 @@ pub enum Error {
     BackupNotFound,
     /// The storage root cannot be used: 503 with `Retry-After`.
     StorageUnavailable,
+    /// An upload without `Content-Length`: 411.
+    LengthRequired,
+    /// An upload larger than `--max-upload-bytes`: 413.
+    UploadTooLarge {
+        /// The limit.
+        max_bytes: u64,
+    },
+    /// An upload that would exceed the system's quota: 413.
+    QuotaExceeded,
+    /// Too many uploads from this system: 429 with `Retry-After`.
+    RateLimited {
+        /// Seconds until the next upload is admitted.
+        retry_after_seconds: u64,
+    },
+    /// The body was shorter or longer than `Content-Length`: 400.
+    LengthMismatch,
+    /// The body does not match `Content-Digest`: 400.
+    ChecksumMismatch,
+    /// The filesystem is full: 507.
+    InsufficientStorage,
+    /// DELETE on an append-only server: 403.
+    AppendOnly,
+    /// A range outside the backup: 416 with `Content-Range: bytes */len`.
+    RangeNotSatisfiable {
+        /// The backup's length.
+        len: u64,
+    },
 }
 
 impl Error {
@@ -42,6 +69,13 @@ impl Error {
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::InvalidId { .. } => StatusCode::BAD_REQUEST,
             Error::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Error::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            Error::UploadTooLarge { .. } | Error::QuotaExceeded => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::LengthMismatch | Error::ChecksumMismatch => StatusCode::BAD_REQUEST,
+            Error::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
+            Error::AppendOnly => StatusCode::FORBIDDEN,
+            Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
         }
     }
 
@@ -61,15 +95,32 @@ impl Error {
                 },
             }),
             other => {
-                let message = match other {
-                    Error::RouteNotFound => "not found",
-                    Error::MethodNotAllowed { .. } => "method not allowed",
-                    Error::Unauthorized => "invalid token",
-                    Error::BackupNotFound => "backup not found",
-                    Error::StorageUnavailable => "backup storage unavailable",
+                let (message, data) = match other {
+                    Error::RouteNotFound => ("not found", json!({})),
+                    Error::MethodNotAllowed { .. } => ("method not allowed", json!({})),
+                    Error::Unauthorized => ("invalid token", json!({})),
+                    Error::BackupNotFound => ("backup not found", json!({})),
+                    Error::StorageUnavailable => ("backup storage unavailable", json!({})),
+                    Error::LengthRequired => ("Content-Length required", json!({})),
+                    Error::UploadTooLarge { max_bytes } => (
+                        "backup exceeds max upload size",
+                        json!({ "max_bytes": max_bytes }),
+                    ),
+                    Error::QuotaExceeded => ("backup quota exceeded", json!({})),
+                    Error::RateLimited {
+                        retry_after_seconds,
+                    } => (
+                        "upload rate limit exceeded",
+                        json!({ "retry_after_seconds": retry_after_seconds }),
+                    ),
+                    Error::LengthMismatch => ("upload length mismatch", json!({})),
+                    Error::ChecksumMismatch => ("checksum mismatch", json!({})),
+                    Error::InsufficientStorage => ("insufficient storage", json!({})),
+                    Error::AppendOnly => ("append-only", json!({})),
+                    Error::RangeNotSatisfiable { .. } => ("range not satisfiable", json!({})),
                     Error::InvalidId { .. } => unreachable!("handled above"),
                 };
-                json!({ "code": code, "message": message, "data": {} })
+                json!({ "code": code, "message": message, "data": data })
             }
         }
     }
@@ -77,19 +128,8 @@ impl Error {
     /// The complete response: status, JSON body, and the headers the
     /// contract ties to this status.
     pub fn into_response(self) -> Response<Body> {
-        let body = self.body().to_string();
-        let mut response = Response::new(Body::full(body));
-        *response.status_mut() = self.status();
+        let mut response = json_response(self.status(), &self.body());
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
         match self {
             Error::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -103,10 +143,39 @@ impl Error {
             Error::StorageUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
             }
+            Error::RateLimited {
+                retry_after_seconds,
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));
+            }
+            Error::RangeNotSatisfiable { len } => {
+                let value = format!("bytes */{len}");
+                headers.insert(
+                    header::CONTENT_RANGE,
+                    HeaderValue::from_str(&value).expect("digits"),
+                );
+            }
             _ => {}
         }
         response
     }
+}
+
+/// A JSON response with the headers every JSON answer carries.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Body::full(body.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// At most `max` characters of `s`, never splitting one.

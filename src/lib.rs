@@ -23,7 +23,12 @@
 //! * [`credentials`]: the credentials file: format, hashing, verification,
 //!   live reload.
 //! * [`auth`]: `Authorization` header to credentials to an authenticated system.
-//! * [`store`]: `BackupStore`, the storage root watcher and the sandboxed open.
+//! * [`store`]: `BackupStore`: the storage root watcher and every sandboxed
+//!   file operation (open, list, delete, upload, prune).
+//! * [`metadata`]: what is known about a backup, and its sidecar record.
+//! * [`upload`]: receiving an upload: file name, extension, digest, body.
+//! * [`ranges`]: `ETag`, conditional and range requests.
+//! * [`ratelimit`]: per-system upload rate limits.
 //! * [`body`]: response bodies; streams a backup with flat memory.
 //! * [`error`]: the error enum and its JSON envelope.
 //! * [`routes`]: dispatch of (method, path) to handlers; the one place errors
@@ -40,9 +45,13 @@ pub mod body;
 pub mod config;
 pub mod credentials;
 pub mod error;
+pub mod metadata;
+pub mod ranges;
+pub mod ratelimit;
 pub mod routes;
 pub mod sandbox;
 pub mod server;
 pub mod store;
 pub mod system_name;
 pub mod systems;
+pub mod upload;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backupd::config::{
-    self, CREDENTIALS_CHECK_INTERVAL, CREDENTIALS_FILE_NAME, STORAGE_CHECK_INTERVAL,
+    self, CREDENTIALS_CHECK_INTERVAL, CREDENTIALS_FILE_NAME, Policy, STORAGE_CHECK_INTERVAL,
     STORAGE_DIR_NAME, ServeConfig,
 };
 use backupd::credentials::{CredentialStore, CredentialsFile};
@@ -82,6 +82,28 @@ struct ServeArgs {
     /// Seconds in-flight downloads get to finish after SIGTERM or SIGINT.
     #[arg(long, env = "BACKUPD_GRACE_PERIOD", default_value_t = config::DEFAULT_GRACE_PERIOD.as_secs())]
     grace_period: u64,
+    /// Largest upload accepted, in bytes.
+    #[arg(long, env = "BACKUPD_MAX_UPLOAD_BYTES", default_value_t = config::DEFAULT_MAX_UPLOAD_BYTES)]
+    max_upload_bytes: u64,
+    /// Most bytes of backups per system; 0 = no quota.
+    #[arg(long, env = "BACKUPD_QUOTA_BYTES", default_value_t = 0)]
+    quota_bytes: u64,
+    /// Uploads allowed per system per minute; 0 = unlimited.
+    #[arg(long, env = "BACKUPD_UPLOAD_RATE_PER_MINUTE", default_value_t = config::DEFAULT_UPLOADS_PER_MINUTE)]
+    upload_rate_per_minute: u32,
+    /// Uploads allowed per system per hour; 0 = unlimited.
+    #[arg(long, env = "BACKUPD_UPLOAD_RATE_PER_HOUR", default_value_t = config::DEFAULT_UPLOADS_PER_HOUR)]
+    upload_rate_per_hour: u32,
+    /// Backups kept per system after each upload (oldest pruned first); 0 = keep all.
+    #[arg(long, env = "BACKUPD_RETENTION_COUNT", default_value_t = config::DEFAULT_RETENTION_COUNT)]
+    retention_count: u32,
+    /// Bytes of backups kept per system after each upload; 0 = no limit.
+    #[arg(long, env = "BACKUPD_RETENTION_BYTES", default_value_t = 0)]
+    retention_bytes: u64,
+    /// Refuse DELETE (403): only retention removes backups, so a stolen
+    /// secret cannot wipe a system's history.
+    #[arg(long, env = "BACKUPD_APPEND_ONLY")]
+    append_only: bool,
 }
 
 #[derive(Subcommand)]
@@ -121,6 +143,15 @@ fn main() -> ExitCode {
             create_storage: locations.create_storage,
             max_connections: args.max_connections.max(1),
             grace_period: Duration::from_secs(args.grace_period),
+            policy: Policy {
+                max_upload_bytes: args.max_upload_bytes,
+                quota_bytes: args.quota_bytes,
+                uploads_per_minute: args.upload_rate_per_minute,
+                uploads_per_hour: args.upload_rate_per_hour,
+                retention_count: args.retention_count,
+                retention_bytes: args.retention_bytes,
+                append_only: args.append_only,
+            },
         }),
         Command::Systems(command) => manage(&locations, command),
     }
@@ -190,7 +221,7 @@ async fn serve_async(config: ServeConfig) -> Result<(), String> {
             config.storage.display()
         );
     }
-    let app = Arc::new(App { credentials, store });
+    let app = Arc::new(App::new(credentials, store, config.policy));
 
     let listener = TcpListener::bind(config.listen)
         .await

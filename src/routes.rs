@@ -1,32 +1,52 @@
 //! Dispatch of (method, path) to handlers; the one place errors become
 //! responses, and where each request's log line is written.
 //!
-//! Order on the backup route: method, then authentication, then id
-//! validation, then storage, so a caller without credentials learns nothing
-//! about ids or storage.
+//! | route | methods |
+//! |---|---|
+//! | `/api/systems/backups` | `GET`/`HEAD` list, `POST` upload |
+//! | `/api/systems/backups/{id}` | `GET`/`HEAD` download, `DELETE` |
+//!
+//! Order on every route: method, then authentication, then id validation,
+//! then storage, so a caller without credentials learns nothing about ids or
+//! storage.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
 
 use crate::auth;
 use crate::backup_id::BackupId;
 use crate::body::{Body, FileBody};
-use crate::config::MAX_ECHOED_ID_CHARS;
+use crate::config::{MAX_ECHOED_ID_CHARS, Policy};
 use crate::credentials::CredentialStore;
-use crate::error::{Error, truncate_chars};
+use crate::error::{Error, json_response, truncate_chars};
+use crate::metadata::{BackupInfo, MIMETYPE};
+use crate::ranges::{self, Selection};
+use crate::ratelimit::UploadRateLimiter;
 use crate::store::{BackupStore, StoreError};
 use crate::system_name::SystemName;
+use crate::upload::{self, ReceiveError};
 
+/// The collection of the caller's backups.
+pub const BACKUPS_PATH: &str = "/api/systems/backups";
 /// Path prefix of one backup; the rest of the path is its id.
 pub const BACKUP_PREFIX: &str = "/api/systems/backups/";
 
-/// Methods the backup route answers.
-const BACKUP_ALLOW: &str = "GET, HEAD";
+/// Methods the collection answers.
+const COLLECTION_ALLOW: &str = "GET, HEAD, POST";
+/// Methods one backup answers.
+const ITEM_ALLOW: &str = "GET, HEAD, DELETE";
+/// Header naming an upload's original file.
+const X_FILENAME: &str = "x-filename";
+/// RFC 9530 digest headers.
+const CONTENT_DIGEST: &str = "content-digest";
+const REPR_DIGEST: &str = "repr-digest";
 
 /// What the server needs to answer requests.
 pub struct App {
@@ -34,13 +54,30 @@ pub struct App {
     pub credentials: CredentialStore,
     /// Where backups are.
     pub store: BackupStore,
+    /// What systems may do.
+    pub policy: Policy,
+    /// Upload admissions per system.
+    pub uploads: UploadRateLimiter,
+}
+
+impl App {
+    /// An app enforcing `policy`.
+    pub fn new(credentials: CredentialStore, store: BackupStore, policy: Policy) -> Self {
+        let uploads = UploadRateLimiter::new(policy.uploads_per_minute, policy.uploads_per_hour);
+        App {
+            credentials,
+            store,
+            policy,
+            uploads,
+        }
+    }
 }
 
 /// What the log line of a request says.
 struct RequestLog {
     peer: SocketAddr,
     method: Method,
-    /// The id as received, truncated; empty off the backup route.
+    /// The id as received, truncated; empty off the item route.
     id: String,
     system: Option<SystemName>,
     start: Instant,
@@ -71,7 +108,11 @@ pub async fn handle<B>(
     app: Arc<App>,
     peer: SocketAddr,
     req: Request<B>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Body>, Infallible>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
     let mut log = RequestLog {
         peer,
         method: req.method().clone(),
@@ -79,99 +120,298 @@ pub async fn handle<B>(
         system: None,
         start: Instant::now(),
     };
-    let response = match req.uri().path().strip_prefix(BACKUP_PREFIX) {
-        Some(raw_id) => {
-            log.id = truncate_chars(raw_id, MAX_ECHOED_ID_CHARS).to_owned();
-            get_backup(&app, &req, raw_id, &mut log).await
-        }
-        None => Err(Error::RouteNotFound),
+    let path = req.uri().path();
+    let response = if path == BACKUPS_PATH {
+        collection(&app, req, &mut log).await
+    } else if let Some(raw_id) = path.strip_prefix(BACKUP_PREFIX) {
+        let raw_id = raw_id.to_owned();
+        log.id = truncate_chars(&raw_id, MAX_ECHOED_ID_CHARS).to_owned();
+        item(&app, &req, &raw_id, &mut log).await
+    } else {
+        Err(Error::RouteNotFound)
     };
-    let response = match response {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
-    };
+    let response = response.unwrap_or_else(Error::into_response);
     // A streamed body writes its own line when it ends.
     if !matches!(response.body(), Body::File(_)) {
-        log.write(
-            response.status(),
-            http_body::Body::size_hint(response.body()).lower(),
-            true,
-        );
+        let bytes = http_body::Body::size_hint(response.body()).lower();
+        log.write(response.status(), bytes, true);
     }
     Ok(response)
 }
 
-/// `GET`/`HEAD /api/systems/backups/{id}`.
-async fn get_backup<B>(
+/// `/api/systems/backups`.
+async fn collection<B>(
+    app: &App,
+    req: Request<B>,
+    log: &mut RequestLog,
+) -> Result<Response<Body>, Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    match *req.method() {
+        Method::GET | Method::HEAD => {
+            let system = authenticate(app, &req, log)?;
+            list(app, &system).await
+        }
+        Method::POST => {
+            let system = authenticate(app, &req, log)?;
+            upload(app, req, system).await
+        }
+        _ => Err(Error::MethodNotAllowed {
+            allow: COLLECTION_ALLOW,
+        }),
+    }
+}
+
+/// `/api/systems/backups/{id}`.
+async fn item<B>(
     app: &App,
     req: &Request<B>,
     raw_id: &str,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, Error> {
-    let head = match *req.method() {
-        Method::GET => false,
-        Method::HEAD => true,
-        _ => {
-            return Err(Error::MethodNotAllowed {
-                allow: BACKUP_ALLOW,
-            });
-        }
-    };
+    let method = req.method().clone();
+    if !matches!(method, Method::GET | Method::HEAD | Method::DELETE) {
+        return Err(Error::MethodNotAllowed { allow: ITEM_ALLOW });
+    }
     let system = authenticate(app, req, log)?;
-    log.system = Some(system.clone());
     let id: BackupId = raw_id.parse().map_err(|_| Error::InvalidId {
         value: raw_id.to_owned(),
     })?;
-    let backup = match app.store.open(&system, &id).await {
-        Ok(backup) => backup,
-        Err(StoreError::NotFound) => return Err(Error::BackupNotFound),
-        Err(StoreError::Unavailable(e)) => {
-            tracing::error!(error = %e, system = %system, "storage error");
-            return Err(Error::StorageUnavailable);
-        }
-    };
+    if method == Method::DELETE {
+        return delete(app, &system, id).await;
+    }
+    download(app, req, &system, id, log).await
+}
 
-    let len = backup.len;
-    let body = if head {
+fn authenticate<B>(app: &App, req: &Request<B>, log: &mut RequestLog) -> Result<SystemName, Error> {
+    let creds = app.credentials.current();
+    let system = auth::authenticate(req.headers(), &creds).map_err(|reason| {
+        tracing::warn!(peer = %log.peer, reason = reason.as_str(), "authentication failed");
+        Error::Unauthorized
+    })?;
+    log.system = Some(system.clone());
+    Ok(system)
+}
+
+/// Maps a storage failure to its response, logging the detail.
+fn storage_error(e: StoreError, system: &SystemName) -> Error {
+    match e {
+        StoreError::NotFound => Error::BackupNotFound,
+        StoreError::Full => {
+            tracing::error!(system = %system, "storage is full");
+            Error::InsufficientStorage
+        }
+        StoreError::Unavailable(e) => {
+            tracing::error!(error = %e, system = %system, "storage error");
+            Error::StorageUnavailable
+        }
+    }
+}
+
+/// `GET`/`HEAD` of one backup, with conditional and range requests.
+async fn download<B>(
+    app: &App,
+    req: &Request<B>,
+    system: &SystemName,
+    id: BackupId,
+    log: &RequestLog,
+) -> Result<Response<Body>, Error> {
+    let backup = app
+        .store
+        .open(system, &id)
+        .await
+        .map_err(|e| storage_error(e, system))?;
+    let len = backup.info.size;
+    let etag = ranges::etag(len, backup.modified, backup.ino);
+
+    let mut builder = Response::builder()
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, &etag)
+        .header(
+            header::LAST_MODIFIED,
+            ranges::last_modified(backup.modified),
+        );
+    if let Some(digest) = backup.info.repr_digest() {
+        builder = builder.header(REPR_DIGEST, digest);
+    }
+    if ranges::not_modified(req.headers(), &etag) {
+        return Ok(builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .expect("valid headers"));
+    }
+    let (status, start, count) = match ranges::select(req.headers(), len, &etag, backup.modified) {
+        Selection::Full => (StatusCode::OK, 0, len),
+        Selection::Partial { start, end } => {
+            builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        Selection::Unsatisfiable => return Err(Error::RangeNotSatisfiable { len }),
+    };
+    let body = if req.method() == Method::HEAD {
         Body::empty()
     } else {
         let log = RequestLog {
-            system: Some(system),
+            system: Some(system.clone()),
             id: id.to_string(),
             method: log.method.clone(),
             ..*log
         };
         Body::File(FileBody::new(
             backup.file,
-            0,
-            len,
-            Box::new(move |sent, complete| log.write(StatusCode::OK, sent, complete)),
+            start,
+            count,
+            Box::new(move |sent, complete| log.write(status, sent, complete)),
         ))
     };
-    let mut response = Response::new(body);
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let disposition = format!("attachment; filename=\"{id}\"");
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_str(&disposition).expect("a BackupId is a valid header value"),
-    );
-    Ok(response)
+    Ok(builder
+        .status(status)
+        .header(header::CONTENT_TYPE, MIMETYPE)
+        .header(header::CONTENT_LENGTH, count)
+        .header(
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{id}\""),
+        )
+        .body(body)
+        .expect("a BackupId and digits are valid header values"))
 }
 
-fn authenticate<B>(app: &App, req: &Request<B>, log: &RequestLog) -> Result<SystemName, Error> {
-    let creds = app.credentials.current();
-    auth::authenticate(req.headers(), &creds).map_err(|reason| {
-        tracing::warn!(peer = %log.peer, reason = reason.as_str(), "authentication failed");
-        Error::Unauthorized
-    })
+/// `DELETE` of one backup.
+async fn delete(app: &App, system: &SystemName, id: BackupId) -> Result<Response<Body>, Error> {
+    if app.policy.append_only {
+        return Err(Error::AppendOnly);
+    }
+    let lock = app.store.system_lock(system);
+    let _guard = lock.lock().await;
+    app.store
+        .delete(system, &id)
+        .await
+        .map_err(|e| storage_error(e, system))?;
+    tracing::info!(system = %system, id = %id, "backup deleted");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "code": 200, "message": "backup deleted", "data": { "id": id.to_string() } }),
+    ))
+}
+
+/// `GET /api/systems/backups`: the caller's backups, newest first.
+async fn list(app: &App, system: &SystemName) -> Result<Response<Body>, Error> {
+    let backups = match app.store.list(system).await {
+        Err(StoreError::NotFound) => Vec::new(),
+        other => other.map_err(|e| storage_error(e, system))?,
+    };
+    let backups: Vec<_> = backups.iter().map(BackupInfo::to_json).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "code": 200, "message": "backups listed", "data": { "backups": backups } }),
+    ))
+}
+
+/// `POST /api/systems/backups`: every limit is checked before the body is
+/// read; the body streams to a temporary file that becomes the backup only
+/// once complete, verified and durable.
+async fn upload<B>(app: &App, req: Request<B>, system: SystemName) -> Result<Response<Body>, Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let policy = app.policy;
+    let declared: u64 = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or(Error::LengthRequired)?;
+    if declared > policy.max_upload_bytes {
+        return Err(Error::UploadTooLarge {
+            max_bytes: policy.max_upload_bytes,
+        });
+    }
+    check_quota(app, &system, declared).await?;
+    app.uploads
+        .admit(&system)
+        .map_err(|retry_after_seconds| Error::RateLimited {
+            retry_after_seconds,
+        })?;
+
+    let uuid = uuid::Uuid::now_v7();
+    let filename = upload::sanitize_filename(
+        req.headers().get(X_FILENAME).map(HeaderValue::as_bytes),
+        uuid,
+    );
+    let ext = upload::extension_for(req.headers().get(X_FILENAME).map(|_| filename.as_str()));
+    let id = BackupId::new(uuid, ext).expect("now_v7 is a version 7 RFC 4122 UUID");
+    let expected =
+        upload::expected_digest(req.headers().get(CONTENT_DIGEST).map(HeaderValue::as_bytes));
+
+    let partial = app
+        .store
+        .begin_upload(&system)
+        .await
+        .map_err(|e| storage_error(e, &system))?;
+    let (partial, sha256) = upload::receive(req.into_body(), partial, declared, expected)
+        .await
+        .map_err(|e| match e {
+            ReceiveError::LengthMismatch(detail) => {
+                tracing::warn!(system = %system, detail, "upload length mismatch");
+                Error::LengthMismatch
+            }
+            ReceiveError::ChecksumMismatch => {
+                tracing::warn!(system = %system, "upload checksum mismatch");
+                Error::ChecksumMismatch
+            }
+            ReceiveError::Store(e) => storage_error(e, &system),
+        })?;
+    let info = upload::new_info(id, filename, declared, sha256);
+
+    // Commit and prune under the system's lock, so concurrent uploads (and
+    // deletes) of one system leave a consistent directory.
+    let lock = app.store.system_lock(&system);
+    let _guard = lock.lock().await;
+    check_quota(app, &system, declared).await?;
+    let committed = info.clone();
+    tokio::task::spawn_blocking(move || partial.commit(&committed))
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Unavailable(std::io::Error::other(e))))
+        .map_err(|e| storage_error(e, &system))?;
+    tracing::info!(system = %system, id = %id, size = declared, "backup stored");
+    if policy.retention_count > 0 || policy.retention_bytes > 0 {
+        match app
+            .store
+            .prune(&system, id, policy.retention_count, policy.retention_bytes)
+            .await
+        {
+            Ok(pruned) => {
+                for old in pruned {
+                    tracing::info!(system = %system, id = %old, "backup pruned by retention");
+                }
+            }
+            // The upload is stored; a failed prune is retried after the next one.
+            Err(e) => tracing::error!(system = %system, error = ?e, "retention failed"),
+        }
+    }
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({ "code": 201, "message": "backup stored", "data": info.to_json() }),
+    ))
+}
+
+/// 413 if `incoming` more bytes would take `system` over its quota.
+async fn check_quota(app: &App, system: &SystemName, incoming: u64) -> Result<(), Error> {
+    let quota = app.policy.quota_bytes;
+    if quota == 0 {
+        return Ok(());
+    }
+    let used = match app.store.usage(system).await {
+        Err(StoreError::NotFound) => 0,
+        other => other.map_err(|e| storage_error(e, system))?,
+    };
+    if used.saturating_add(incoming) > quota {
+        return Err(Error::QuotaExceeded);
+    }
+    Ok(())
 }

@@ -1,36 +1,57 @@
-//! `BackupStore`: the storage root and the sandboxed open of one backup.
+//! `BackupStore`: the storage root, and every filesystem operation on a
+//! system's backups (open, list, delete, upload, prune), sandboxed.
 //!
-//! The root is a [`Dir`] opened once through [`DirPath`]; a request opens the
-//! system's directory through it, then the backup through that, refusing
-//! symlinks at both steps, so nothing a request names can resolve outside
-//! the system's own directory.
+//! The root is a [`Dir`] opened through [`DirPath`]; every operation opens
+//! the system's directory through it, then names a file inside that,
+//! refusing symlinks at both steps, so nothing a request names can resolve
+//! outside the system's own directory. All of it is blocking and runs on the
+//! blocking pool.
 
-use std::io;
-use std::sync::{Arc, RwLock};
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::fs::{Dir, MetadataExt, OpenOptions, OpenOptionsExt};
 
 use crate::backup_id::BackupId;
+use crate::metadata::{BackupInfo, MAX_SIDECAR_BYTES, sidecar_name};
 use crate::sandbox::DirPath;
 use crate::system_name::SystemName;
+
+/// Prefix of an upload's temporary file. It starts with a dot, so no
+/// `BackupId` can name it: GET and list never see a partial upload.
+const PARTIAL_PREFIX: &str = ".upload-";
 
 /// An open backup, ready to stream.
 #[derive(Debug)]
 pub struct Backup {
     /// The open file; it stays the same file even if renamed or replaced.
     pub file: std::fs::File,
-    /// Its length when opened: the `Content-Length` promised to the client.
-    pub len: u64,
+    /// What is known about it; `info.size` is the `Content-Length` promised.
+    pub info: BackupInfo,
+    /// Modification time, for `Last-Modified` and the `ETag`.
+    pub modified: SystemTime,
+    /// Inode number, for the `ETag`.
+    pub ino: u64,
 }
 
-/// Why a backup could not be opened.
+/// Why a store operation failed.
 #[derive(Debug)]
 pub enum StoreError {
     /// No such backup for this system (or not a regular file).
     NotFound,
     /// The storage root cannot be used.
     Unavailable(io::Error),
+    /// The filesystem is full (`ENOSPC`, `EDQUOT`).
+    Full,
+}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> Self {
+        classify(e)
+    }
 }
 
 /// The directory in use as storage root, with its identity.
@@ -47,6 +68,11 @@ pub struct BackupStore {
     path: DirPath,
     create: bool,
     root: RwLock<Option<Root>>,
+    /// Whether partial uploads left by a crash were swept (once, at the
+    /// first open of the root).
+    swept: Mutex<bool>,
+    /// Per-system locks serialising commit, retention and delete.
+    locks: Mutex<HashMap<SystemName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl BackupStore {
@@ -57,6 +83,8 @@ impl BackupStore {
             path,
             create,
             root: RwLock::new(None),
+            swept: Mutex::new(false),
+            locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -86,88 +114,385 @@ impl BackupStore {
             })
         });
         let mut root = self.root.write().unwrap_or_else(|e| e.into_inner());
+        let path = self.path.path().display();
         match (opened, root.as_ref()) {
             (Ok(new), Some(old)) if new.dev == old.dev && new.ino == old.ino => {}
             (Ok(new), old) => {
                 if old.is_some() {
-                    tracing::warn!(path = %self.path.path().display(), "storage root was replaced; using the new directory");
+                    tracing::warn!(path = %path, "storage root was replaced; using the new directory");
                 } else {
-                    tracing::info!(path = %self.path.path().display(), "storage root is available");
+                    tracing::info!(path = %path, "storage root is available");
                 }
+                self.sweep_once(&new.dir);
                 *root = Some(new);
             }
             (Err(e), Some(_)) => {
-                tracing::error!(path = %self.path.path().display(), error = %e, "storage root is unavailable; answering 503 until it is back");
+                tracing::error!(path = %path, error = %e, "storage root is unavailable; answering 503 until it is back");
                 *root = None;
             }
             (Err(_), None) => {}
         }
     }
 
-    fn root_dir(&self) -> Option<Arc<Dir>> {
+    /// Removes partial uploads left by a crash, the first time a root opens.
+    fn sweep_once(&self, root: &Dir) {
+        let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
+        if !*swept {
+            *swept = true;
+            let removed = sweep_partials(root);
+            if removed > 0 {
+                tracing::info!(removed, "removed partial uploads left by an earlier run");
+            }
+        }
+    }
+
+    fn root_dir(&self) -> Result<Arc<Dir>, StoreError> {
         self.root
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
             .map(|r| r.dir.clone())
+            .ok_or_else(|| {
+                StoreError::Unavailable(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "storage root is not open",
+                ))
+            })
+    }
+
+    /// Runs `op` on `system`'s directory on the blocking pool.
+    async fn with_system<T: Send + 'static>(
+        &self,
+        system: &SystemName,
+        op: impl FnOnce(Dir) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let root = self.root_dir()?;
+        let system = system.clone();
+        tokio::task::spawn_blocking(move || op(open_system(&root, &system)?))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Unavailable(io::Error::other(e))))
+    }
+
+    /// The lock serialising `system`'s commits, pruning and deletes.
+    pub fn system_lock(&self, system: &SystemName) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(system.clone()).or_default().clone()
     }
 
     /// Opens `system`'s backup `id`: a regular file directly inside the
-    /// system's directory, never through a symlink. Runs on a blocking thread.
+    /// system's directory, never through a symlink.
     pub async fn open(&self, system: &SystemName, id: &BackupId) -> Result<Backup, StoreError> {
-        let root = self.root_dir().ok_or_else(|| {
-            StoreError::Unavailable(io::Error::new(
-                io::ErrorKind::NotFound,
-                "storage root is not open",
-            ))
-        })?;
-        let system = system.clone();
         let id = *id;
-        tokio::task::spawn_blocking(move || open_backup(&root, &system, &id))
+        self.with_system(system, move |dir| open_backup(&dir, &id))
             .await
-            .unwrap_or_else(|e| Err(StoreError::Unavailable(io::Error::other(e))))
+    }
+
+    /// Every backup of `system`, newest first (UUIDv7 order).
+    pub async fn list(&self, system: &SystemName) -> Result<Vec<BackupInfo>, StoreError> {
+        self.with_system(system, |dir| {
+            let mut all = list_backups(&dir)?;
+            all.reverse();
+            Ok(all)
+        })
+        .await
+    }
+
+    /// Deletes `system`'s backup `id` and its sidecar; `NotFound` unless it
+    /// is a regular file.
+    pub async fn delete(&self, system: &SystemName, id: &BackupId) -> Result<(), StoreError> {
+        let id = *id;
+        self.with_system(system, move |dir| {
+            let name = id.to_string();
+            if !dir.symlink_metadata(&name)?.is_file() {
+                return Err(StoreError::NotFound);
+            }
+            dir.remove_file(&name)?;
+            remove_if_exists(&dir, &sidecar_name(&id))?;
+            sync_dir(&dir)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Bytes used by `system`'s backups.
+    pub async fn usage(&self, system: &SystemName) -> Result<u64, StoreError> {
+        self.with_system(system, |dir| {
+            Ok(list_backups(&dir)?.iter().map(|b| b.size).sum())
+        })
+        .await
+    }
+
+    /// Creates a temporary file for an upload inside `system`'s directory
+    /// (creating the directory if the system has none yet).
+    pub async fn begin_upload(&self, system: &SystemName) -> Result<PartialUpload, StoreError> {
+        let root = self.root_dir()?;
+        let system = system.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = match open_system(&root, &system) {
+                Err(StoreError::NotFound) => {
+                    root.create_dir(system.as_str())?;
+                    open_system(&root, &system)?
+                }
+                other => other?,
+            };
+            let temp = format!("{PARTIAL_PREFIX}{}", uuid::Uuid::now_v7().simple());
+            let file = dir
+                .open_with(
+                    &temp,
+                    OpenOptions::new().write(true).create_new(true).mode(0o600),
+                )?
+                .into_std();
+            Ok(PartialUpload {
+                dir,
+                temp,
+                file: Some(file),
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Unavailable(io::Error::other(e))))
+    }
+
+    /// Removes the oldest backups of `system` (UUIDv7 order) until at most
+    /// `count` (0 = any number) and `bytes` (0 = any size) remain, never
+    /// `keep`. Returns what was removed. Call with the system's lock held.
+    pub async fn prune(
+        &self,
+        system: &SystemName,
+        keep: BackupId,
+        count: u32,
+        bytes: u64,
+    ) -> Result<Vec<BackupId>, StoreError> {
+        self.with_system(system, move |dir| {
+            let all = list_backups(&dir)?;
+            let mut left = all.len() as u64;
+            let mut total: u64 = all.iter().map(|b| b.size).sum();
+            let mut removed = Vec::new();
+            for backup in &all {
+                let over_count = count > 0 && left > u64::from(count);
+                let over_bytes = bytes > 0 && total > bytes;
+                if !over_count && !over_bytes {
+                    break;
+                }
+                if backup.id == keep {
+                    continue;
+                }
+                dir.remove_file(backup.id.to_string())?;
+                remove_if_exists(&dir, &sidecar_name(&backup.id))?;
+                left -= 1;
+                total -= backup.size;
+                removed.push(backup.id);
+            }
+            if !removed.is_empty() {
+                sync_dir(&dir)?;
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+/// An upload being written: a temporary file in the system's directory,
+/// removed on drop unless [`commit`](Self::commit) renamed it into place.
+pub struct PartialUpload {
+    dir: Dir,
+    temp: String,
+    file: Option<std::fs::File>,
+}
+
+impl PartialUpload {
+    /// Appends `data` (blocking).
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        let file = self.file.as_mut().ok_or(StoreError::NotFound)?;
+        file.write_all(data).map_err(classify)
+    }
+
+    /// Makes the upload durable as backup `info.id`: fsync the data, write
+    /// the sidecar (temporary + rename), rename the data into place, fsync
+    /// the directory. Blocking.
+    pub fn commit(mut self, info: &BackupInfo) -> Result<(), StoreError> {
+        let file = self.file.take().ok_or(StoreError::NotFound)?;
+        file.sync_all()?;
+        drop(file);
+        let sidecar_temp = format!("{}.meta", self.temp);
+        let mut sidecar = self.dir.open_with(
+            &sidecar_temp,
+            OpenOptions::new().write(true).create_new(true).mode(0o600),
+        )?;
+        let written = sidecar
+            .write_all(&info.encode_sidecar())
+            .and_then(|()| sidecar.sync_all());
+        drop(sidecar);
+        let renamed = written
+            .and_then(|()| {
+                self.dir
+                    .rename(&sidecar_temp, &self.dir, sidecar_name(&info.id))
+            })
+            .and_then(|()| self.dir.rename(&self.temp, &self.dir, info.id.to_string()));
+        if let Err(e) = renamed {
+            let _ = self.dir.remove_file(&sidecar_temp);
+            let _ = self.dir.remove_file(sidecar_name(&info.id));
+            return Err(classify(e));
+        }
+        self.temp.clear();
+        sync_dir(&self.dir).map_err(classify)
+    }
+}
+
+impl Drop for PartialUpload {
+    fn drop(&mut self) {
+        if !self.temp.is_empty() {
+            drop(self.file.take());
+            if let Err(e) = self.dir.remove_file(&self.temp) {
+                tracing::warn!(error = %e, "cannot remove a partial upload");
+            }
+        }
     }
 }
 
 /// Errors that mean "nothing servable under that name": absent, a symlink
 /// (`ELOOP` from `O_NOFOLLOW`), not a directory, or a socket (`ENXIO`).
 fn is_absent(e: &io::Error) -> bool {
-    if e.kind() == io::ErrorKind::NotFound {
-        return true;
-    }
-    matches!(
-        e.raw_os_error(),
-        Some(libc::ELOOP | libc::ENOTDIR | libc::ENXIO | libc::EISDIR)
-    )
+    e.kind() == io::ErrorKind::NotFound
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ELOOP | libc::ENOTDIR | libc::ENXIO | libc::EISDIR)
+        )
 }
 
 fn classify(e: io::Error) -> StoreError {
     if is_absent(&e) {
         StoreError::NotFound
+    } else if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+        StoreError::Full
     } else {
         StoreError::Unavailable(e)
     }
 }
 
-fn open_backup(root: &Dir, system: &SystemName, id: &BackupId) -> Result<Backup, StoreError> {
-    let system_dir = root.open_dir_nofollow(system.as_str()).map_err(classify)?;
+fn open_system(root: &Dir, system: &SystemName) -> Result<Dir, StoreError> {
+    root.open_dir_nofollow(system.as_str()).map_err(classify)
+}
+
+/// Opens a regular file by name in `dir`, refusing symlinks and never
+/// blocking: a FIFO would block `open` until a writer appears, O_NONBLOCK
+/// makes it return at once and the type check refuses it. O_NONBLOCK has no
+/// effect on reads of regular files.
+fn open_regular(
+    dir: &Dir,
+    name: &str,
+) -> Result<(cap_std::fs::File, cap_std::fs::Metadata), StoreError> {
     let mut options = OpenOptions::new();
     options
         .read(true)
         .follow(FollowSymlinks::No)
-        // A FIFO would block `open` until a writer appears: O_NONBLOCK makes
-        // it return at once, and the type check below then refuses it. It
-        // has no effect on reads of regular files.
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
-    let file = system_dir
-        .open_with(id.to_string(), &options)
-        .map_err(classify)?;
+    let file = dir.open_with(name, &options).map_err(classify)?;
     let meta = file.metadata().map_err(StoreError::Unavailable)?;
     if !meta.is_file() {
         return Err(StoreError::NotFound);
     }
+    Ok((file, meta))
+}
+
+fn modified(meta: &cap_std::fs::Metadata) -> SystemTime {
+    meta.modified()
+        .map(|t| t.into_std())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// What is known about backup `id` of size `size` in `dir`: its sidecar if
+/// one matches, else what the file itself says.
+fn describe(dir: &Dir, id: BackupId, size: u64, modified: SystemTime) -> BackupInfo {
+    let sidecar = open_regular(dir, &sidecar_name(&id))
+        .ok()
+        .and_then(|(file, _)| {
+            let mut bytes = Vec::new();
+            file.take(MAX_SIDECAR_BYTES).read_to_end(&mut bytes).ok()?;
+            BackupInfo::decode_sidecar(id, size, &bytes)
+        });
+    sidecar.unwrap_or_else(|| BackupInfo::from_file(id, size, modified))
+}
+
+fn open_backup(dir: &Dir, id: &BackupId) -> Result<Backup, StoreError> {
+    let (file, meta) = open_regular(dir, &id.to_string())?;
+    let modified = modified(&meta);
+    let info = describe(dir, *id, meta.len(), modified);
     Ok(Backup {
         file: file.into_std(),
-        len: meta.len(),
+        info,
+        modified,
+        ino: meta.ino(),
     })
+}
+
+/// Every regular file in `dir` whose name is a backup id, oldest first.
+fn list_backups(dir: &Dir) -> Result<Vec<BackupInfo>, StoreError> {
+    let mut all = Vec::new();
+    for entry in dir.entries()? {
+        let entry = entry?;
+        let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<BackupId>().ok())
+        else {
+            continue;
+        };
+        // file_type does not follow symlinks: only regular files are backups.
+        if !entry.file_type()?.is_file() {
+            continue;
+        }
+        let meta = match entry.metadata() {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // deleted meanwhile
+            Err(e) => return Err(classify(e)),
+        };
+        all.push(describe(dir, id, meta.len(), modified(&meta)));
+    }
+    all.sort_by_key(|b| b.id.uuid());
+    Ok(all)
+}
+
+fn remove_if_exists(dir: &Dir, name: &str) -> io::Result<()> {
+    match dir.remove_file(name) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Makes renames and removals in `dir` durable. The `Dir` handle itself may
+/// be an `O_PATH` descriptor, which cannot be fsynced: open it for reading.
+fn sync_dir(dir: &Dir) -> io::Result<()> {
+    dir.open(".")?.sync_all()
+}
+
+/// Removes `.upload-*` files from every system directory; how many.
+fn sweep_partials(root: &Dir) -> usize {
+    let Ok(systems) = root.entries() else {
+        return 0;
+    };
+    let mut removed = 0;
+    for system in systems.flatten() {
+        let Some(name) = system
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<SystemName>().ok())
+        else {
+            continue;
+        };
+        let Ok(dir) = open_system(root, &name) else {
+            continue;
+        };
+        let Ok(entries) = dir.entries() else { continue };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            if file_name
+                .to_str()
+                .is_some_and(|n| n.starts_with(PARTIAL_PREFIX))
+                && dir.remove_file(&file_name).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }

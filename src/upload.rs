@@ -1,0 +1,255 @@
+//! Receiving an upload: the client's file name made harmless, the backup's
+//! extension, the `Content-Digest` check, and the body streamed to a
+//! temporary file with its SHA-256 computed on the way.
+
+use std::time::SystemTime;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::{Bytes, BytesMut};
+use http_body::Body;
+use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::backup_id::{BackupId, Extension};
+use crate::config::{UPLOAD_STALL_TIMEOUT, WRITE_CHUNK_BYTES};
+use crate::metadata::BackupInfo;
+use crate::store::{PartialUpload, StoreError};
+
+/// Longest stored file name, in bytes (a common filesystem's name limit).
+pub const MAX_FILENAME_BYTES: usize = 255;
+
+/// The extension a backup gets from the client's file name; `.bin` when it
+/// names none of the known ones.
+pub fn extension_for(filename: Option<&str>) -> Extension {
+    let Some(name) = filename else {
+        return Extension::Bin;
+    };
+    [
+        Extension::TarGz,
+        Extension::TarXz,
+        Extension::TarBz2,
+        Extension::TarZst,
+        Extension::Gpg,
+    ]
+    .into_iter()
+    .find(|ext| name.ends_with(&format!(".{}", ext.as_str())))
+    .unwrap_or(Extension::Bin)
+}
+
+/// The file name kept for a backup: the last path component of what the
+/// client sent (either separator), every byte outside `[A-Za-z0-9._-]`
+/// replaced by `_`, at most [`MAX_FILENAME_BYTES`]; `backup-<uuid>` when
+/// nothing usable is left. It is only ever data, never a path.
+pub fn sanitize_filename(raw: Option<&[u8]>, uuid: Uuid) -> String {
+    let fallback = || format!("backup-{}", uuid.hyphenated());
+    let Some(raw) = raw else { return fallback() };
+    let last = raw
+        .rsplit(|&b| b == b'/' || b == b'\\')
+        .next()
+        .unwrap_or_default();
+    let mut name: String = last
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+                b as char
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    name.truncate(MAX_FILENAME_BYTES);
+    if name.is_empty() || name.bytes().all(|b| b == b'.') {
+        return fallback();
+    }
+    name
+}
+
+/// The SHA-256 a `Content-Digest` header (RFC 9530) asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedDigest {
+    /// No header, or only algorithms we do not compute.
+    None,
+    /// `sha-256=:<base64>:`.
+    Sha256([u8; 32]),
+    /// A `sha-256` member that is not 32 bytes of base64: cannot match.
+    Malformed,
+}
+
+/// Reads the `sha-256` member of a `Content-Digest` value.
+pub fn expected_digest(value: Option<&[u8]>) -> ExpectedDigest {
+    let Some(value) = value.and_then(|v| std::str::from_utf8(v).ok()) else {
+        return if value.is_some() {
+            ExpectedDigest::Malformed
+        } else {
+            ExpectedDigest::None
+        };
+    };
+    for member in value.split(',') {
+        let Some((algorithm, digest)) = member.trim().split_once('=') else {
+            continue;
+        };
+        if !algorithm.trim().eq_ignore_ascii_case("sha-256") {
+            continue;
+        }
+        let bytes = digest
+            .trim()
+            .strip_prefix(':')
+            .and_then(|d| d.strip_suffix(':'))
+            .and_then(|d| STANDARD.decode(d).ok())
+            .and_then(|d| <[u8; 32]>::try_from(d).ok());
+        return bytes.map_or(ExpectedDigest::Malformed, ExpectedDigest::Sha256);
+    }
+    ExpectedDigest::None
+}
+
+/// Why an upload's body was not stored.
+#[derive(Debug)]
+pub enum ReceiveError {
+    /// The body ended early, ran long, failed or stalled.
+    LengthMismatch(String),
+    /// The content does not match `Content-Digest`.
+    ChecksumMismatch,
+    /// Writing failed.
+    Store(StoreError),
+}
+
+/// Streams `body` into `partial`, expecting exactly `declared` bytes, and
+/// returns the partial upload with the content's SHA-256. Memory stays flat:
+/// at most [`WRITE_CHUNK_BYTES`] are gathered before each blocking write.
+pub async fn receive<B>(
+    mut body: B,
+    partial: PartialUpload,
+    declared: u64,
+    expected: ExpectedDigest,
+) -> Result<(PartialUpload, [u8; 32]), ReceiveError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut writer = Some((partial, Sha256::new()));
+    let mut pending = BytesMut::with_capacity(WRITE_CHUNK_BYTES);
+    let mut received: u64 = 0;
+    loop {
+        let frame = match tokio::time::timeout(UPLOAD_STALL_TIMEOUT, body.frame()).await {
+            Err(_) => return Err(ReceiveError::LengthMismatch("body stalled".into())),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(ReceiveError::LengthMismatch(format!("body failed: {e}")));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len() as u64;
+        if received > declared {
+            return Err(ReceiveError::LengthMismatch(
+                "more bytes than Content-Length".into(),
+            ));
+        }
+        while !data.is_empty() {
+            let take = (WRITE_CHUNK_BYTES - pending.len()).min(data.len());
+            pending.extend_from_slice(&data.split_to(take));
+            if pending.len() == WRITE_CHUNK_BYTES {
+                writer = Some(flush(writer.take(), pending.split().freeze()).await?);
+            }
+        }
+    }
+    if received != declared {
+        return Err(ReceiveError::LengthMismatch(format!(
+            "{received} of {declared} bytes"
+        )));
+    }
+    let (partial, hasher) = flush(writer.take(), pending.freeze()).await?;
+    let digest: [u8; 32] = hasher.finalize().into();
+    match expected {
+        ExpectedDigest::Sha256(want) if want != digest => Err(ReceiveError::ChecksumMismatch),
+        ExpectedDigest::Malformed => Err(ReceiveError::ChecksumMismatch),
+        _ => Ok((partial, digest)),
+    }
+}
+
+/// Hashes and writes `data` on the blocking pool.
+async fn flush(
+    writer: Option<(PartialUpload, Sha256)>,
+    data: Bytes,
+) -> Result<(PartialUpload, Sha256), ReceiveError> {
+    let (mut partial, mut hasher) = writer.expect("writer is put back after every flush");
+    tokio::task::spawn_blocking(move || {
+        hasher.update(&data);
+        partial.write(&data)?;
+        Ok((partial, hasher))
+    })
+    .await
+    .unwrap_or_else(|e| Err(StoreError::Unavailable(std::io::Error::other(e))))
+    .map_err(ReceiveError::Store)
+}
+
+/// The record of a freshly received backup.
+pub fn new_info(id: BackupId, filename: String, size: u64, sha256: [u8; 32]) -> BackupInfo {
+    BackupInfo {
+        id,
+        filename,
+        size,
+        sha256: Some(sha256),
+        uploaded_at: SystemTime::now(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filenames_come_out_harmless() {
+        let u = Uuid::nil();
+        let s = |raw: &[u8]| sanitize_filename(Some(raw), u);
+        assert_eq!(s(b"nightly.tar.gz"), "nightly.tar.gz");
+        assert_eq!(s(b"../../etc/passwd"), "passwd");
+        assert_eq!(s(b"C:\\Windows\\evil.tar.gz"), "evil.tar.gz");
+        assert_eq!(s(b"a\r\nSet-Cookie: x"), "a__Set-Cookie__x");
+        assert_eq!(
+            s(b"<script>alert(1)</script>.gpg"),
+            "_script_alert_1___script_.gpg"
+        );
+        assert_eq!(s("caf\u{e9}.bin".as_bytes()), "caf__.bin");
+        assert_eq!(s(b".."), format!("backup-{}", u.hyphenated()));
+        assert_eq!(s(b"dir/"), format!("backup-{}", u.hyphenated()));
+        assert_eq!(s(&[b'a'; 300]).len(), MAX_FILENAME_BYTES);
+        assert_eq!(
+            sanitize_filename(None, u),
+            format!("backup-{}", u.hyphenated())
+        );
+    }
+
+    #[test]
+    fn extensions_come_from_the_filename() {
+        assert_eq!(extension_for(Some("x.tar.gz")), Extension::TarGz);
+        assert_eq!(extension_for(Some("x.tar.zst")), Extension::TarZst);
+        assert_eq!(extension_for(Some("x.gpg")), Extension::Gpg);
+        assert_eq!(extension_for(Some("x.tar")), Extension::Bin);
+        assert_eq!(extension_for(Some("x.TAR.GZ")), Extension::Bin);
+        assert_eq!(extension_for(None), Extension::Bin);
+    }
+
+    #[test]
+    fn content_digest_members() {
+        let d = [3u8; 32];
+        let v = format!("sha-512=:AAAA:, sha-256=:{}:", STANDARD.encode(d));
+        assert_eq!(
+            expected_digest(Some(v.as_bytes())),
+            ExpectedDigest::Sha256(d)
+        );
+        assert_eq!(
+            expected_digest(Some(b"sha-256=:AAAA:")),
+            ExpectedDigest::Malformed
+        );
+        assert_eq!(
+            expected_digest(Some(b"sha-512=:AAAA:")),
+            ExpectedDigest::None
+        );
+        assert_eq!(expected_digest(None), ExpectedDigest::None);
+    }
+}
