@@ -210,9 +210,11 @@ mod tests {
         assert_eq!(s(b"../../etc/passwd"), "passwd");
         assert_eq!(s(b"C:\\Windows\\evil.tar.gz"), "evil.tar.gz");
         assert_eq!(s(b"a\r\nSet-Cookie: x"), "a__Set-Cookie__x");
+        // The `/` of the closing tag is a separator: only `script>.gpg` stays.
+        assert_eq!(s(b"<script>alert(1)</script>.gpg"), "script_.gpg");
         assert_eq!(
-            s(b"<script>alert(1)</script>.gpg"),
-            "_script_alert_1___script_.gpg"
+            s(b"<b onmouseover=alert(1)>x.gpg"),
+            "_b_onmouseover_alert_1__x.gpg"
         );
         assert_eq!(s("caf\u{e9}.bin".as_bytes()), "caf__.bin");
         assert_eq!(s(b".."), format!("backup-{}", u.hyphenated()));

@@ -134,6 +134,13 @@ impl Server {
         })
     }
 
+    /// Kills the server and hands back its data directory for a restart.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
     pub fn data(&self) -> &Path {
         self.dir.path()
     }
@@ -362,4 +369,54 @@ pub fn invalid_id_body(value: &str) -> String {
         "data": {"type": "validation_error", "errors": [{"key": "id", "message": "invalid backup id", "value": value}]}
     })
     .to_string()
+}
+
+/// POSTs `body` to the collection with `auth` and extra headers (hyper sets
+/// Content-Length from the body).
+pub async fn upload(
+    addr: SocketAddr,
+    auth: Option<&str>,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    within(STEP, async {
+        let io = TokioIo::new(TcpStream::connect(addr).await.unwrap());
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let mut req = Request::post("/api/systems/backups").header("host", addr.to_string());
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = sender
+            .send_request(
+                req.body(http_body_util::Full::new(Bytes::from(body)))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        collect(res).await
+    })
+    .await
+}
+
+/// The JSON body of a reply.
+pub fn json(reply: &Reply) -> serde_json::Value {
+    serde_json::from_slice(&reply.body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", reply.text()))
+}
+
+/// Names in `dir`, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }

@@ -1,0 +1,804 @@
+//! The backup lifecycle: upload, list, delete, retention, quotas, rate
+//! limits, append-only, and resumable, verifiable downloads.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use common::*;
+use hyper::{Method, StatusCode};
+use sha2::Digest;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn sha256_b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(bytes))
+}
+
+fn content(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 11) as u8)
+        .collect()
+}
+
+/// The partial-upload files in a system's directory.
+fn partials(server: &Server, system: &str) -> Vec<String> {
+    names_in(&server.storage().join(system))
+        .into_iter()
+        .filter(|n| n.starts_with(".upload-"))
+        .collect()
+}
+
+fn assert_error(reply: &Reply, status: u16, body: &str) {
+    assert_eq!(reply.status.as_u16(), status, "{}", reply.text());
+    assert_eq!(reply.text(), body);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+}
+
+#[tokio::test]
+async fn upload_then_download_list_and_delete() {
+    let server = Server::start();
+    let secret = server.add_system("fw1");
+    let auth = basic("fw1", &secret);
+    let data = content(3_000_001, 1);
+
+    let reply = upload(
+        server.addr,
+        Some(&auth),
+        data.clone(),
+        &[("x-filename", "nightly.tar.gz")],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let body = json(&reply);
+    assert_eq!(body["code"], 201);
+    assert_eq!(body["message"], "backup stored");
+    let info = &body["data"];
+    let id = info["id"].as_str().unwrap().to_string();
+    assert!(id.ends_with(".tar.gz"), "{id}");
+    let uuid = uuid::Uuid::parse_str(&id[..36]).unwrap();
+    assert_eq!(uuid.get_version_num(), 7);
+    assert_eq!(info["filename"], "nightly.tar.gz");
+    assert_eq!(info["size"], 3_000_001);
+    assert_eq!(info["sha256"], sha256_hex(&data));
+    assert_eq!(info["mimetype"], "application/octet-stream");
+    let uploaded = info["uploaded_at"].as_str().unwrap();
+    humantime::parse_rfc3339(uploaded).unwrap_or_else(|e| panic!("{uploaded}: {e}"));
+    assert_eq!(partials(&server, "fw1"), Vec::<String>::new());
+
+    let got = get(server.addr, &backup_path(&id), Some(&auth)).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(got.body == data);
+    let digest = format!("sha-256=:{}:", sha256_b64(&data));
+    assert_eq!(got.header("repr-digest"), Some(digest.as_str()));
+    let head = request(server.addr, Method::HEAD, &backup_path(&id), Some(&auth)).await;
+    assert_eq!(head.header("repr-digest"), Some(digest.as_str()));
+
+    // The list is the same objects as upload returns.
+    let list = get(server.addr, "/api/systems/backups", Some(&auth)).await;
+    assert_eq!(list.status, StatusCode::OK);
+    let list = json(&list);
+    assert_eq!(list["code"], 200);
+    assert_eq!(list["message"], "backups listed");
+    assert_eq!(list["data"]["backups"], serde_json::json!([info]));
+
+    // Delete, then it is gone for GET, list and a second DELETE.
+    let del = request(server.addr, Method::DELETE, &backup_path(&id), Some(&auth)).await;
+    assert_eq!(del.status, StatusCode::OK);
+    assert_eq!(
+        del.text(),
+        format!(r#"{{"code":200,"message":"backup deleted","data":{{"id":"{id}"}}}}"#)
+    );
+    assert_error(
+        &get(server.addr, &backup_path(&id), Some(&auth)).await,
+        404,
+        NOT_FOUND_BODY,
+    );
+    assert_error(
+        &request(server.addr, Method::DELETE, &backup_path(&id), Some(&auth)).await,
+        404,
+        NOT_FOUND_BODY,
+    );
+    assert_eq!(
+        json(&get(server.addr, "/api/systems/backups", Some(&auth)).await)["data"]["backups"],
+        serde_json::json!([])
+    );
+    // Nothing is left beside it either (the sidecar went too).
+    assert_eq!(
+        names_in(&server.storage().join("fw1")),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test]
+async fn upload_filenames_and_extensions() {
+    let server = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--upload-rate-per-minute",
+            "0",
+            "--upload-rate-per-hour",
+            "0",
+            "--retention-count",
+            "0",
+        ],
+    );
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let long = format!("{}.gpg", "a".repeat(300));
+    let cases: [(Option<&str>, &str, &str); 10] = [
+        (Some("x.tar.xz"), "x.tar.xz", "tar.xz"),
+        (Some("x.tar.bz2"), "x.tar.bz2", "tar.bz2"),
+        (Some("x.tar.zst"), "x.tar.zst", "tar.zst"),
+        (Some("../../etc/passwd"), "passwd", "bin"),
+        (Some("C:\\Users\\evil\\backup.gpg"), "backup.gpg", "gpg"),
+        (
+            Some("<img src=x onerror=alert(1)>.tar.gz"),
+            "_img_src_x_onerror_alert_1__.tar.gz",
+            "tar.gz",
+        ),
+        (Some("report.zip"), "report.zip", "bin"),
+        (Some(".."), "", "bin"),
+        (None, "", "bin"),
+        (Some(long.as_str()), "", "bin"),
+    ];
+    for (header, want_name, want_ext) in cases {
+        let headers: Vec<(&str, &str)> = header.map(|h| ("x-filename", h)).into_iter().collect();
+        let reply = upload(server.addr, Some(&auth), b"x".to_vec(), &headers).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        let info = &json(&reply)["data"];
+        let id = info["id"].as_str().unwrap();
+        let name = info["filename"].as_str().unwrap();
+        assert!(id.ends_with(&format!(".{want_ext}")), "{header:?} -> {id}");
+        if want_name.is_empty() && header != Some(long.as_str()) {
+            assert_eq!(name, format!("backup-{}", &id[..36]), "{header:?}");
+        } else if header == Some(long.as_str()) {
+            assert_eq!(name.len(), 255);
+        } else {
+            assert_eq!(name, want_name, "{header:?}");
+        }
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+            "{name}"
+        );
+    }
+    // CR/LF cannot even reach us in a header (hyper refuses them), so the
+    // raw bytes test is in the unit tests of upload::sanitize_filename.
+}
+
+#[tokio::test]
+async fn upload_with_curl_and_a_content_digest() {
+    let server = Server::start();
+    let secret = server.add_system("fw1");
+    let data = content(1_234_567, 2);
+    let file = server.data().join("payload.gpg");
+    std::fs::write(&file, &data).unwrap();
+    let url = format!("http://{}/api/systems/backups", server.addr);
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail-with-body",
+            "--user",
+            &format!("fw1:{secret}"),
+        ])
+        .args([
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-H",
+            "X-Filename: payload.gpg",
+        ])
+        .args([
+            "-H",
+            &format!("Content-Digest: sha-256=:{}:", sha256_b64(&data)),
+        ])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["data"]["sha256"], sha256_hex(&data));
+
+    // A digest that does not match: 400, nothing stored.
+    let before = names_in(&server.storage().join("fw1"));
+    let wrong = format!("sha-256=:{}:", sha256_b64(b"something else"));
+    let reply = upload(
+        server.addr,
+        Some(&basic("fw1", &secret)),
+        data.clone(),
+        &[("content-digest", &wrong)],
+    )
+    .await;
+    assert_error(
+        &reply,
+        400,
+        r#"{"code":400,"message":"checksum mismatch","data":{}}"#,
+    );
+    assert_eq!(names_in(&server.storage().join("fw1")), before);
+}
+
+#[tokio::test]
+async fn limits_are_checked_before_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(
+        dir,
+        &[
+            "--max-upload-bytes",
+            "1000",
+            "--quota-bytes",
+            "1500",
+            "--upload-rate-per-minute",
+            "3",
+        ],
+    );
+    let auth = basic("fw1", &server.add_system("fw1"));
+
+    // Unauthenticated: 401 before anything else.
+    assert_error(
+        &upload(server.addr, None, vec![0; 10], &[]).await,
+        401,
+        UNAUTHORIZED_BODY,
+    );
+    // No Content-Length (chunked): 411.
+    let req = format!(
+        "POST /api/systems/backups HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+    let raw_reply = raw(server.addr, req.as_bytes(), Duration::from_secs(2)).await;
+    let text = String::from_utf8_lossy(&raw_reply);
+    assert_eq!(raw_status(&raw_reply), Some(411), "{text}");
+    assert!(
+        text.ends_with(r#"{"code":411,"message":"Content-Length required","data":{}}"#),
+        "{text}"
+    );
+    // Over the upload limit: 413 with the limit.
+    let reply = upload(server.addr, Some(&auth), vec![0; 1001], &[]).await;
+    assert_error(
+        &reply,
+        413,
+        r#"{"code":413,"message":"backup exceeds max upload size","data":{"max_bytes":1000}}"#,
+    );
+    // Within limits.
+    assert_eq!(
+        upload(server.addr, Some(&auth), vec![0; 900], &[])
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    // Over the quota (900 + 700 > 1500): 413.
+    let reply = upload(server.addr, Some(&auth), vec![0; 700], &[]).await;
+    assert_error(
+        &reply,
+        413,
+        r#"{"code":413,"message":"backup quota exceeded","data":{}}"#,
+    );
+    assert_eq!(
+        upload(server.addr, Some(&auth), vec![0; 600], &[])
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    // Third admitted upload this minute is fine, the fourth is rate limited.
+    // (hyper's client sends no Content-Length for an empty body: say it.)
+    let empty = [("content-length", "0")];
+    assert_eq!(
+        upload(server.addr, Some(&auth), vec![], &empty)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let reply = upload(server.addr, Some(&auth), vec![], &empty).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        reply.text()
+    );
+    let retry: u64 = reply.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(
+        reply.text(),
+        format!(
+            r#"{{"code":429,"message":"upload rate limit exceeded","data":{{"retry_after_seconds":{retry}}}}}"#
+        )
+    );
+    assert_eq!(partials(&server, "fw1"), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_short_body_is_400_and_leaves_nothing() {
+    let server = Server::start();
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!(
+        "POST /api/systems/backups HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Length: 100000\r\n\r\n"
+    );
+    within(STEP, stream.write_all(head.as_bytes()))
+        .await
+        .unwrap();
+    within(STEP, stream.write_all(&[1u8; 5000])).await.unwrap();
+    // The client stops sending but can still hear the answer.
+    within(STEP, stream.shutdown()).await.unwrap();
+    let mut out = Vec::new();
+    within(STEP, stream.read_to_end(&mut out)).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(raw_status(&out), Some(400), "{text}");
+    assert!(
+        text.ends_with(r#"{"code":400,"message":"upload length mismatch","data":{}}"#),
+        "{text}"
+    );
+    assert_eq!(
+        names_in(&server.storage().join("fw1")),
+        Vec::<String>::new()
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_upload_is_cut_and_leaves_nothing() {
+    let server = Server::start();
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!(
+        "POST /api/systems/backups HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Length: 100000\r\n\r\n"
+    );
+    within(STEP, stream.write_all(head.as_bytes()))
+        .await
+        .unwrap();
+    within(STEP, stream.write_all(&[1u8; 5000])).await.unwrap();
+    // While it is in flight, the partial file exists but is never listed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(partials(&server, "fw1").len(), 1);
+    let list = get(server.addr, "/api/systems/backups", Some(&auth)).await;
+    assert_eq!(json(&list)["data"]["backups"], serde_json::json!([]));
+    // Then the client stalls: the upload stall timeout (30 s) answers 400.
+    let mut out = Vec::new();
+    within(Duration::from_secs(45), stream.read_to_end(&mut out))
+        .await
+        .unwrap();
+    assert_eq!(
+        raw_status(&out),
+        Some(400),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(partials(&server, "fw1"), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_full_disk_is_507_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(
+        mounted.success(),
+        "this test mounts a 1 MiB tmpfs and needs root"
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let server = Server::start_with(dir, &["--storage", mnt.to_str().unwrap()]);
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let reply = upload(server.addr, Some(&auth), vec![9; 3 << 20], &[]).await;
+    assert_error(
+        &reply,
+        507,
+        r#"{"code":507,"message":"insufficient storage","data":{}}"#,
+    );
+    assert_eq!(names_in(&mnt.join("fw1")), Vec::<String>::new());
+    // A backup that fits still goes through afterwards.
+    assert_eq!(
+        upload(server.addr, Some(&auth), vec![9; 1000], &[])
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+}
+
+#[tokio::test]
+async fn metadata_survives_a_restart_and_crash_leftovers_are_swept() {
+    let server = Server::start();
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let reply = upload(
+        server.addr,
+        Some(&auth),
+        b"persist me".to_vec(),
+        &[("x-filename", "keep.gpg")],
+    )
+    .await;
+    let info = json(&reply)["data"].clone();
+    // A crash leaves a partial upload behind; so does a dropped-in file.
+    std::fs::write(
+        server.storage().join("fw1/.upload-0193deadbeef"),
+        b"partial",
+    )
+    .unwrap();
+    std::fs::write(server.storage().join("fw1").join(ID), b"dropped in").unwrap();
+    let dir = server.stop();
+
+    let server = Server::start_with(dir, &[]);
+    assert_eq!(partials(&server, "fw1"), Vec::<String>::new());
+    let list = json(&get(server.addr, "/api/systems/backups", Some(&auth)).await);
+    let backups = list["data"]["backups"].as_array().unwrap().clone();
+    assert_eq!(backups.len(), 2);
+    let uploaded = backups.iter().find(|b| b["id"] == info["id"]).unwrap();
+    assert_eq!(uploaded, &info);
+    let dropped = backups.iter().find(|b| b["id"] == ID).unwrap();
+    assert_eq!(dropped["size"], 10);
+    assert_eq!(dropped["filename"], ID);
+    assert!(dropped["sha256"].is_null());
+    let got = get(server.addr, &backup_path(ID), Some(&auth)).await;
+    assert_eq!(&got.body[..], b"dropped in");
+    assert!(got.header("repr-digest").is_none());
+}
+
+#[tokio::test]
+async fn list_is_newest_first_and_only_the_callers() {
+    let server = Server::start();
+    let a = basic("alice", &server.add_system("alice"));
+    let b = basic("bob", &server.add_system("bob"));
+    let mut ids = Vec::new();
+    for i in 0..3u8 {
+        let reply = upload(server.addr, Some(&a), vec![i; 10], &[]).await;
+        ids.push(json(&reply)["data"]["id"].as_str().unwrap().to_string());
+    }
+    upload(server.addr, Some(&b), vec![7; 10], &[]).await;
+    let list = json(&get(server.addr, "/api/systems/backups", Some(&a)).await);
+    let listed: Vec<&str> = list["data"]["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    ids.reverse();
+    assert_eq!(listed, ids);
+    // Bob cannot delete (or see) Alice's: the same 404 as an absent one.
+    let foreign = request(server.addr, Method::DELETE, &backup_path(&ids[0]), Some(&b)).await;
+    let absent = request(server.addr, Method::DELETE, &backup_path(ID), Some(&b)).await;
+    assert_error(&foreign, 404, NOT_FOUND_BODY);
+    assert_eq!(foreign.stable_headers(), absent.stable_headers());
+    assert!(server.storage().join("alice").join(&ids[0]).exists());
+    // Invalid ids are 400 for DELETE too, after auth.
+    assert_eq!(
+        request(server.addr, Method::DELETE, &backup_path("../x"), Some(&b))
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        request(server.addr, Method::DELETE, &backup_path("../x"), None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn append_only_refuses_delete() {
+    let server = Server::start_with(tempfile::tempdir().unwrap(), &["--append-only"]);
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let id = json(&upload(server.addr, Some(&auth), b"history".to_vec(), &[]).await)["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for target in [id.as_str(), ID] {
+        let reply = request(
+            server.addr,
+            Method::DELETE,
+            &backup_path(target),
+            Some(&auth),
+        )
+        .await;
+        assert_error(
+            &reply,
+            403,
+            r#"{"code":403,"message":"append-only","data":{}}"#,
+        );
+    }
+    assert_eq!(
+        get(server.addr, &backup_path(&id), Some(&auth))
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn retention_prunes_oldest_first_and_concurrent_uploads_end_consistent() {
+    let server = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--retention-count",
+            "3",
+            "--retention-bytes",
+            "250",
+            "--upload-rate-per-minute",
+            "0",
+            "--upload-rate-per-hour",
+            "0",
+        ],
+    );
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let mut ids = Vec::new();
+    for i in 0..5u8 {
+        let reply = upload(server.addr, Some(&auth), vec![i; 50], &[]).await;
+        ids.push(json(&reply)["data"]["id"].as_str().unwrap().to_string());
+    }
+    let mut on_disk: Vec<String> = names_in(&server.storage().join("fw1"))
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    on_disk.sort();
+    assert_eq!(on_disk, ids[2..].to_vec());
+    // Bytes: a 200-byte upload leaves at most 250 bytes, never removing itself.
+    let big = json(&upload(server.addr, Some(&auth), vec![9; 200], &[]).await)["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let left: Vec<String> = names_in(&server.storage().join("fw1"))
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(left, vec![ids[4].clone(), big.clone()]);
+    let huge = json(&upload(server.addr, Some(&auth), vec![9; 400], &[]).await)["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let left: Vec<String> = names_in(&server.storage().join("fw1"))
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert_eq!(left, vec![huge]);
+
+    // Twelve concurrent uploads: exactly three backups remain, each with
+    // its sidecar, and no partial file.
+    let mut tasks = Vec::new();
+    for i in 0..12u8 {
+        let (addr, auth) = (server.addr, auth.clone());
+        tasks.push(tokio::spawn(async move {
+            upload(addr, Some(&auth), vec![i; 60], &[]).await.status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::CREATED);
+    }
+    let names = names_in(&server.storage().join("fw1"));
+    let backups: Vec<&String> = names.iter().filter(|n| !n.starts_with('.')).collect();
+    let sidecars: Vec<&String> = names.iter().filter(|n| n.ends_with(".meta")).collect();
+    assert_eq!(backups.len(), 3, "{names:?}");
+    assert_eq!(sidecars.len(), 3, "{names:?}");
+    assert!(
+        backups
+            .iter()
+            .all(|b| sidecars.contains(&&format!(".{b}.meta"))),
+        "{names:?}"
+    );
+    assert_eq!(partials(&server, "fw1"), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn ranges_and_validators() {
+    let server = Server::start();
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let data = content(10_000, 3);
+    let id = json(&upload(server.addr, Some(&auth), data.clone(), &[]).await)["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = backup_path(&id);
+    let full = get(server.addr, &path, Some(&auth)).await;
+    assert_eq!(full.header("accept-ranges"), Some("bytes"));
+    let etag = full.header("etag").unwrap().to_string();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+    let last_modified = full.header("last-modified").unwrap().to_string();
+    httpdate::parse_http_date(&last_modified).unwrap();
+
+    let with = |headers: Vec<(&'static str, String)>| {
+        let (addr, auth, path) = (server.addr, auth.clone(), path.clone());
+        async move {
+            let io =
+                hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            let mut req = hyper::Request::get(path)
+                .header("host", "x")
+                .header("authorization", auth);
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            collect(
+                within(
+                    STEP,
+                    sender.send_request(
+                        req.body(http_body_util::Empty::<bytes::Bytes>::new())
+                            .unwrap(),
+                    ),
+                )
+                .await
+                .unwrap(),
+            )
+            .await
+        }
+    };
+    let r = with(vec![("range", "bytes=100-199".into())]).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.header("content-range"), Some("bytes 100-199/10000"));
+    assert_eq!(r.header("content-length"), Some("100"));
+    assert_eq!(&r.body[..], &data[100..200]);
+    let r = with(vec![("range", "bytes=-10".into())]).await;
+    assert_eq!(&r.body[..], &data[9990..]);
+    assert_eq!(r.header("content-range"), Some("bytes 9990-9999/10000"));
+    let r = with(vec![("range", "bytes=9000-".into())]).await;
+    assert_eq!(&r.body[..], &data[9000..]);
+    let r = with(vec![("range", "bytes=10000-".into())]).await;
+    assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(r.header("content-range"), Some("bytes */10000"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    // Several ranges: the whole body.
+    let r = with(vec![("range", "bytes=0-1,5-6".into())]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body == data);
+    // If-Range: a current validator honours the range, a stale one gets 200.
+    let r = with(vec![
+        ("range", "bytes=0-9".into()),
+        ("if-range", etag.clone()),
+    ])
+    .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    let r = with(vec![
+        ("range", "bytes=0-9".into()),
+        ("if-range", last_modified.clone()),
+    ])
+    .await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    let r = with(vec![
+        ("range", "bytes=0-9".into()),
+        ("if-range", "\"stale\"".into()),
+    ])
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body == data);
+    // If-None-Match: 304 with the validators and no body.
+    let r = with(vec![("if-none-match", etag.clone())]).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some(etag.as_str()));
+    let r = with(vec![("if-none-match", "\"other\"".into())]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    // HEAD with a range: the 206 headers, no body.
+    let r = within(STEP, async {
+        let res = open(server.addr, false, Method::HEAD, &path, Some(&auth)).await;
+        collect(res).await
+    })
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.is_empty());
+    // Replacing the file changes the ETag.
+    std::fs::write(server.storage().join("fw1").join(&id), b"new content").unwrap();
+    let r = get(server.addr, &path, Some(&auth)).await;
+    assert_ne!(r.header("etag").unwrap(), etag);
+    // The sidecar no longer matches the size: no digest is claimed.
+    assert!(r.header("repr-digest").is_none());
+}
+
+/// Runs a shell command line, asserting success.
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("{cmd:?}: {e} (is it installed? .ci/run installs curl, wget, aria2)")
+    });
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn real_clients_resume_and_split_downloads() {
+    let server = Server::start();
+    let secret = server.add_system("fw1");
+    let data = content(20 << 20, 4);
+    let id = json(
+        &upload(
+            server.addr,
+            Some(&basic("fw1", &secret)),
+            data.clone(),
+            &[("x-filename", "big.tar.zst")],
+        )
+        .await,
+    )["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!("http://{}{}", server.addr, backup_path(&id));
+    let work = tempfile::tempdir().unwrap();
+    let addr = server.addr;
+    let (secret2, url2, data2, work_path) = (
+        secret.clone(),
+        url.clone(),
+        data.clone(),
+        work.path().to_path_buf(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let (secret, url, data, work) = (secret2, url2, data2, work_path);
+        // curl -C -: an interrupted transfer (the first 7 MiB) is resumed.
+        let curl_out = work.join("curl.bin");
+        std::fs::write(&curl_out, &data[..7 << 20]).unwrap();
+        run(Command::new("curl")
+            .args([
+                "-sS",
+                "--fail",
+                "-C",
+                "-",
+                "--user",
+                &format!("fw1:{secret}"),
+                "-o",
+            ])
+            .arg(&curl_out)
+            .arg(&url));
+        assert!(
+            std::fs::read(&curl_out).unwrap() == data,
+            "curl -C - result differs"
+        );
+
+        // wget -c the same way.
+        let wget_out = work.join("wget.bin");
+        std::fs::write(&wget_out, &data[..(3 << 20) + 17]).unwrap();
+        run(Command::new("wget")
+            .args(["-q", "-c", "--user", "fw1", "--password", &secret, "-O"])
+            .arg(&wget_out)
+            .arg(&url));
+        assert!(
+            std::fs::read(&wget_out).unwrap() == data,
+            "wget -c result differs"
+        );
+
+        // aria2c splits one download over four connections.
+        run(Command::new("aria2c")
+            .args([
+                "-q",
+                "-x4",
+                "-s4",
+                "-k1M",
+                "--allow-overwrite=true",
+                "--auto-file-renaming=false",
+            ])
+            .args(["--http-user", "fw1", "--http-passwd", &secret, "-d"])
+            .arg(&work)
+            .args(["-o", "aria.bin", &url]));
+        assert!(
+            std::fs::read(work.join("aria.bin")).unwrap() == data,
+            "aria2c result differs"
+        );
+    })
+    .await
+    .unwrap();
+    // aria2c really used ranges: the log shows 206 answers.
+    assert!(
+        server.log().contains("status=206"),
+        "no ranged request seen"
+    );
+    let _ = addr;
+}
