@@ -72,6 +72,8 @@ pub const MAX_ECHOED_ID_CHARS: usize = 128;
 pub struct ServeConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
+    /// Address of the admin listener, if any.
+    pub admin_listen: Option<SocketAddr>,
     /// Where the credentials file is.
     pub credentials: PathBuf,
     /// The storage root: one directory per system below it.

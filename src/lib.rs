@@ -29,6 +29,8 @@
 //! * [`upload`]: receiving an upload: file name, extension, digest, body.
 //! * [`ranges`]: `ETag`, conditional and range requests.
 //! * [`ratelimit`]: per-system upload rate limits.
+//! * [`metrics`]: counters, rendered in Prometheus text format.
+//! * [`admin`]: the optional admin listener: `/metrics`, `/healthz`, `/readyz`.
 //! * [`body`]: response bodies; streams a backup with flat memory.
 //! * [`error`]: the error enum and its JSON envelope.
 //! * [`routes`]: dispatch of (method, path) to handlers; the one place errors
@@ -39,6 +41,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod auth;
 pub mod backup_id;
 pub mod body;
@@ -46,6 +49,7 @@ pub mod config;
 pub mod credentials;
 pub mod error;
 pub mod metadata;
+pub mod metrics;
 pub mod ranges;
 pub mod ratelimit;
 pub mod routes;

@@ -28,8 +28,19 @@ use tokio::signal::unix::{SignalKind, signal};
 struct Cli {
     #[command(flatten)]
     locations: LocationArgs,
+    /// Log format on stderr; the filter is `RUST_LOG` (default `info`).
+    #[arg(long, global = true, env = "BACKUPD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Where backupd keeps its files; every command takes these.
@@ -76,6 +87,11 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "BACKUPD_LISTEN", default_value = config::DEFAULT_LISTEN)]
     listen: SocketAddr,
+    /// Address of the admin listener (/metrics, /healthz, /readyz); off
+    /// unless given. It needs no credentials: keep it on loopback or a
+    /// management network, never the public address.
+    #[arg(long, env = "BACKUPD_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
     /// Most connections served at once.
     #[arg(long, env = "BACKUPD_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
@@ -126,18 +142,24 @@ enum SystemsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
     let locations = cli.locations.resolve();
     match cli.command {
         Command::Serve(args) => serve(ServeConfig {
             listen: args.listen,
+            admin_listen: args.admin_listen,
             credentials: locations.credentials,
             storage: locations.storage,
             create_storage: locations.create_storage,
@@ -233,6 +255,20 @@ async fn serve_async(config: ServeConfig) -> Result<(), String> {
         config.credentials.display()
     );
 
+    if let Some(admin) = config.admin_listen {
+        // Port 0 asks for a fresh port, which can never be the public one.
+        if admin.port() != 0 && (admin == config.listen || admin == local) {
+            return Err(format!(
+                "--admin-listen {admin} must differ from the public --listen"
+            ));
+        }
+        let admin_listener = TcpListener::bind(admin)
+            .await
+            .map_err(|e| format!("cannot listen on {admin}: {e}"))?;
+        let admin_local = admin_listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!("admin endpoints (/metrics, /healthz, /readyz) on {admin_local}");
+        tokio::spawn(backupd::admin::run(admin_listener, app.clone()));
+    }
     spawn_watchers(app.clone()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let limits = Limits {

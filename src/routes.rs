@@ -27,6 +27,7 @@ use crate::config::{MAX_ECHOED_ID_CHARS, Policy};
 use crate::credentials::CredentialStore;
 use crate::error::{Error, json_response, truncate_chars};
 use crate::metadata::{BackupInfo, MIMETYPE};
+use crate::metrics::{Metrics, Route};
 use crate::ranges::{self, Selection};
 use crate::ratelimit::UploadRateLimiter;
 use crate::store::{BackupStore, StoreError};
@@ -58,6 +59,8 @@ pub struct App {
     pub policy: Policy,
     /// Upload admissions per system.
     pub uploads: UploadRateLimiter,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -69,6 +72,7 @@ impl App {
             store,
             policy,
             uploads,
+            metrics: Arc::new(Metrics::default()),
         }
     }
 }
@@ -81,10 +85,15 @@ struct RequestLog {
     id: String,
     system: Option<SystemName>,
     start: Instant,
+    route: Route,
+    metrics: Arc<Metrics>,
 }
 
 impl RequestLog {
+    /// Writes the request's log line and counts it.
     fn write(&self, status: StatusCode, bytes: u64, complete: bool) {
+        self.metrics
+            .request(self.route, status.as_u16(), bytes, self.start.elapsed());
         let system = self.system.as_ref().map_or("-", SystemName::as_str);
         tracing::info!(
             peer = %self.peer,
@@ -113,14 +122,27 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    let path = req.uri().path();
+    let route = match (
+        path == BACKUPS_PATH,
+        path.starts_with(BACKUP_PREFIX),
+        req.method(),
+    ) {
+        (true, _, &Method::GET | &Method::HEAD) => Route::List,
+        (true, _, &Method::POST) => Route::Upload,
+        (_, true, &Method::GET | &Method::HEAD) => Route::Download,
+        (_, true, &Method::DELETE) => Route::Delete,
+        _ => Route::Other,
+    };
     let mut log = RequestLog {
         peer,
         method: req.method().clone(),
         id: String::new(),
         system: None,
         start: Instant::now(),
+        route,
+        metrics: app.metrics.clone(),
     };
-    let path = req.uri().path();
     let response = if path == BACKUPS_PATH {
         collection(&app, req, &mut log).await
     } else if let Some(raw_id) = path.strip_prefix(BACKUP_PREFIX) {
@@ -189,6 +211,7 @@ fn authenticate<B>(app: &App, req: &Request<B>, log: &mut RequestLog) -> Result<
     let creds = app.credentials.current();
     let system = auth::authenticate(req.headers(), &creds).map_err(|reason| {
         tracing::warn!(peer = %log.peer, reason = reason.as_str(), "authentication failed");
+        app.metrics.auth_failure();
         Error::Unauthorized
     })?;
     log.system = Some(system.clone());
@@ -196,7 +219,10 @@ fn authenticate<B>(app: &App, req: &Request<B>, log: &mut RequestLog) -> Result<
 }
 
 /// Maps a storage failure to its response, logging the detail.
-fn storage_error(e: StoreError, system: &SystemName) -> Error {
+fn storage_error(app: &App, e: StoreError, system: &SystemName) -> Error {
+    if !matches!(e, StoreError::NotFound) {
+        app.metrics.storage_error();
+    }
     match e {
         StoreError::NotFound => Error::BackupNotFound,
         StoreError::Full => {
@@ -222,7 +248,7 @@ async fn download<B>(
         .store
         .open(system, &id)
         .await
-        .map_err(|e| storage_error(e, system))?;
+        .map_err(|e| storage_error(app, e, system))?;
     let len = backup.info.size;
     let etag = ranges::etag(len, backup.modified, backup.ino);
 
@@ -259,6 +285,7 @@ async fn download<B>(
             system: Some(system.clone()),
             id: id.to_string(),
             method: log.method.clone(),
+            metrics: log.metrics.clone(),
             ..*log
         };
         Body::File(FileBody::new(
@@ -290,7 +317,7 @@ async fn delete(app: &App, system: &SystemName, id: BackupId) -> Result<Response
     app.store
         .delete(system, &id)
         .await
-        .map_err(|e| storage_error(e, system))?;
+        .map_err(|e| storage_error(app, e, system))?;
     tracing::info!(system = %system, id = %id, "backup deleted");
     Ok(json_response(
         StatusCode::OK,
@@ -302,7 +329,7 @@ async fn delete(app: &App, system: &SystemName, id: BackupId) -> Result<Response
 async fn list(app: &App, system: &SystemName) -> Result<Response<Body>, Error> {
     let backups = match app.store.list(system).await {
         Err(StoreError::NotFound) => Vec::new(),
-        other => other.map_err(|e| storage_error(e, system))?,
+        other => other.map_err(|e| storage_error(app, e, system))?,
     };
     let backups: Vec<_> = backups.iter().map(BackupInfo::to_json).collect();
     Ok(json_response(
@@ -352,7 +379,7 @@ where
         .store
         .begin_upload(&system)
         .await
-        .map_err(|e| storage_error(e, &system))?;
+        .map_err(|e| storage_error(app, e, &system))?;
     let (partial, sha256) = upload::receive(req.into_body(), partial, declared, expected)
         .await
         .map_err(|e| match e {
@@ -364,7 +391,7 @@ where
                 tracing::warn!(system = %system, "upload checksum mismatch");
                 Error::ChecksumMismatch
             }
-            ReceiveError::Store(e) => storage_error(e, &system),
+            ReceiveError::Store(e) => storage_error(app, e, &system),
         })?;
     let info = upload::new_info(id, filename, declared, sha256);
 
@@ -377,8 +404,9 @@ where
     tokio::task::spawn_blocking(move || partial.commit(&committed))
         .await
         .unwrap_or_else(|e| Err(StoreError::Unavailable(std::io::Error::other(e))))
-        .map_err(|e| storage_error(e, &system))?;
+        .map_err(|e| storage_error(app, e, &system))?;
     tracing::info!(system = %system, id = %id, size = declared, "backup stored");
+    app.metrics.upload(declared);
     if policy.retention_count > 0 || policy.retention_bytes > 0 {
         match app
             .store
@@ -386,6 +414,7 @@ where
             .await
         {
             Ok(pruned) => {
+                app.metrics.pruned(pruned.len() as u64);
                 for old in pruned {
                     tracing::info!(system = %system, id = %old, "backup pruned by retention");
                 }
@@ -408,7 +437,7 @@ async fn check_quota(app: &App, system: &SystemName, incoming: u64) -> Result<()
     }
     let used = match app.store.usage(system).await {
         Err(StoreError::NotFound) => 0,
-        other => other.map_err(|e| storage_error(e, system))?,
+        other => other.map_err(|e| storage_error(app, e, system))?,
     };
     if used.saturating_add(incoming) > quota {
         return Err(Error::QuotaExceeded);

@@ -64,6 +64,7 @@ pub async fn run(
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let clock = Instant::now();
+    let app_metrics = app.metrics.clone();
 
     tokio::pin!(shutdown);
     loop {
@@ -94,8 +95,11 @@ pub async fn run(
         });
         let service = service_fn(move |req| routes::handle(app.clone(), peer, req));
         let conn = graceful.watch(builder.serve_connection(io, service).into_owned());
+        let metrics = app_metrics.clone();
+        metrics.connections(1);
         tokio::spawn(async move {
             serve_until_idle(conn, peer, clock, &last_activity).await;
+            metrics.connections(-1);
             drop(permit);
         });
     }

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
@@ -66,7 +67,10 @@ struct Root {
 /// without a restart.
 pub struct BackupStore {
     path: DirPath,
-    create: bool,
+    /// Whether the next open may create the root: true until the first
+    /// successful open when the root is the default one. A root that
+    /// vanishes later is reported (503), never silently recreated empty.
+    create: AtomicBool,
     root: RwLock<Option<Root>>,
     /// Whether partial uploads left by a crash were swept (once, at the
     /// first open of the root).
@@ -76,12 +80,12 @@ pub struct BackupStore {
 }
 
 impl BackupStore {
-    /// A store over `path`, which `refresh` creates first if `create` is set.
+    /// A store over `path`, which the first `refresh` creates if `create` is set.
     /// Opens nothing yet: call [`refresh`](Self::refresh).
     pub fn new(path: DirPath, create: bool) -> Self {
         BackupStore {
             path,
-            create,
+            create: AtomicBool::new(create),
             root: RwLock::new(None),
             swept: Mutex::new(false),
             locks: Mutex::new(HashMap::new()),
@@ -105,14 +109,17 @@ impl BackupStore {
     /// directory from the one in use (or drops it if the path no longer opens).
     /// Logs each transition once. Blocking.
     pub fn refresh(&self) {
-        let opened = self.path.open(self.create).and_then(|dir| {
-            let meta = dir.dir_metadata()?;
-            Ok(Root {
-                dev: meta.dev(),
-                ino: meta.ino(),
-                dir: Arc::new(dir),
-            })
-        });
+        let opened = self
+            .path
+            .open(self.create.load(Ordering::Relaxed))
+            .and_then(|dir| {
+                let meta = dir.dir_metadata()?;
+                Ok(Root {
+                    dev: meta.dev(),
+                    ino: meta.ino(),
+                    dir: Arc::new(dir),
+                })
+            });
         let mut root = self.root.write().unwrap_or_else(|e| e.into_inner());
         let path = self.path.path().display();
         match (opened, root.as_ref()) {
@@ -123,6 +130,7 @@ impl BackupStore {
                 } else {
                     tracing::info!(path = %path, "storage root is available");
                 }
+                self.create.store(false, Ordering::Relaxed);
                 self.sweep_once(&new.dir);
                 *root = Some(new);
             }

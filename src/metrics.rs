@@ -1,0 +1,243 @@
+//! Counters for the admin listener's `/metrics`, in Prometheus text format.
+//!
+//! Every label has a small, fixed set of values (route names from the route
+//! table, HTTP status codes): never an id, a system name or a secret.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the request-duration histogram's buckets: from
+/// a cached 401 to a multi-GiB download.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0, 120.0, 600.0,
+];
+
+/// The route a request was for: the only values of the `route` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Route {
+    /// GET/HEAD of one backup.
+    Download,
+    /// DELETE of one backup.
+    Delete,
+    /// GET/HEAD of the collection.
+    List,
+    /// POST to the collection.
+    Upload,
+    /// Anything else (404, 405).
+    Other,
+}
+
+impl Route {
+    fn as_str(self) -> &'static str {
+        match self {
+            Route::Download => "download",
+            Route::Delete => "delete",
+            Route::List => "list",
+            Route::Upload => "upload",
+            Route::Other => "other",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// The server's counters.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(Route, u16), u64>>,
+    durations: Mutex<BTreeMap<Route, Histogram>>,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    auth_failures: AtomicU64,
+    storage_errors: AtomicU64,
+    active_connections: AtomicI64,
+    uploads: AtomicU64,
+    pruned: AtomicU64,
+}
+
+impl Metrics {
+    /// Records a finished request.
+    pub fn request(&self, route: Route, status: u16, bytes_sent: u64, duration: Duration) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((route, status))
+            .or_default() += 1;
+        self.bytes_sent.fetch_add(bytes_sent, Ordering::Relaxed);
+        let seconds = duration.as_secs_f64();
+        let mut durations = self.durations.lock().unwrap_or_else(|e| e.into_inner());
+        let h = durations.entry(route).or_default();
+        for (count, bound) in h.buckets.iter_mut().zip(BUCKETS) {
+            if seconds <= bound {
+                *count += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += seconds;
+    }
+
+    /// Counts a failed authentication.
+    pub fn auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a storage error answered with 503 or 507.
+    pub fn storage_error(&self) {
+        self.storage_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a stored upload of `bytes`.
+    pub fn upload(&self, bytes: u64) {
+        self.uploads.fetch_add(1, Ordering::Relaxed);
+        self.bytes_received.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts backups removed by retention.
+    pub fn pruned(&self, count: u64) {
+        self.pruned.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// A connection opened (`+1`) or closed (`-1`).
+    pub fn connections(&self, delta: i64) {
+        self.active_connections.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            );
+        };
+        let _ = writeln!(
+            out,
+            "# HELP backupd_requests_total Requests answered, by route and status."
+        );
+        let _ = writeln!(out, "# TYPE backupd_requests_total counter");
+        for ((route, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "backupd_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                route.as_str()
+            );
+        }
+        counter(
+            &mut out,
+            "backupd_sent_bytes_total",
+            "Response body bytes sent.",
+            self.bytes_sent.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "backupd_received_bytes_total",
+            "Bytes of stored uploads.",
+            self.bytes_received.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "backupd_auth_failures_total",
+            "Failed authentications.",
+            self.auth_failures.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "backupd_storage_errors_total",
+            "Requests failed by storage (503, 507).",
+            self.storage_errors.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "backupd_uploads_total",
+            "Backups stored by upload.",
+            self.uploads.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "backupd_pruned_backups_total",
+            "Backups removed by retention.",
+            self.pruned.load(Ordering::Relaxed),
+        );
+        let _ = write!(
+            out,
+            "# HELP backupd_active_connections Connections open now.\n# TYPE backupd_active_connections gauge\nbackupd_active_connections {}\n",
+            self.active_connections.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP backupd_request_duration_seconds Time to answer a request, until its body ended."
+        );
+        let _ = writeln!(out, "# TYPE backupd_request_duration_seconds histogram");
+        for (route, h) in self
+            .durations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let route = route.as_str();
+            for (bound, count) in BUCKETS.iter().zip(h.buckets) {
+                let _ = writeln!(
+                    out,
+                    "backupd_request_duration_seconds_bucket{{route=\"{route}\",le=\"{bound}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "backupd_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "backupd_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "backupd_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                h.count
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_a_cumulative_histogram() {
+        let m = Metrics::default();
+        m.request(Route::Download, 200, 1000, Duration::from_millis(3));
+        m.request(Route::Download, 404, 50, Duration::from_secs(2));
+        m.auth_failure();
+        let text = m.render();
+        assert!(text.contains("backupd_requests_total{route=\"download\",status=\"200\"} 1\n"));
+        assert!(text.contains("backupd_sent_bytes_total 1050\n"));
+        assert!(text.contains("backupd_auth_failures_total 1\n"));
+        assert!(text.contains(
+            "backupd_request_duration_seconds_bucket{route=\"download\",le=\"0.005\"} 1\n"
+        ));
+        assert!(
+            text.contains(
+                "backupd_request_duration_seconds_bucket{route=\"download\",le=\"5\"} 2\n"
+            )
+        );
+        assert!(text.contains("backupd_request_duration_seconds_count{route=\"download\"} 2\n"));
+    }
+}

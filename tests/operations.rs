@@ -1,0 +1,253 @@
+//! Running it: the admin listener (metrics, health, readiness) and logs.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hyper::StatusCode;
+
+/// The admin address the server logged.
+fn admin_addr(server: &Server) -> std::net::SocketAddr {
+    assert!(
+        server.wait_for_log("admin endpoints", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    let line = log.lines().find(|l| l.contains("admin endpoints")).unwrap();
+    line.rsplit(" on ")
+        .next()
+        .unwrap()
+        .trim_end_matches('"')
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Parses Prometheus text with the reference parser (`prometheus_client`,
+/// installed by .ci/run); returns `name{labels} value` lines, sorted.
+fn parse_prometheus(text: &str) -> Vec<String> {
+    let script = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+        print(f"{s.name}{{{labels}}} {float(s.value):g}")
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client rejected /metrics (pip install prometheus_client): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+async fn metrics_health_and_readiness_on_the_admin_listener_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir, &["--admin-listen", "127.0.0.1:0"]);
+    let admin = admin_addr(&server);
+    let secret = server.add_system("fw1");
+    let auth = basic("fw1", &secret);
+    server.put("fw1", ID, &[5u8; 1000]);
+    assert_eq!(
+        get(server.addr, &backup_path(ID), Some(&auth)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(server.addr, &backup_path(ID), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get(server.addr, &backup_path(ID2), Some(&auth))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let uploaded = upload(server.addr, Some(&auth), vec![1; 300], &[]).await;
+    assert_eq!(uploaded.status, StatusCode::CREATED);
+    let new_id = json(&uploaded)["data"]["id"].as_str().unwrap().to_string();
+
+    // The public port has no such routes.
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(
+            get(server.addr, path, None).await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+    assert_eq!(get(admin, "/healthz", None).await.status, StatusCode::OK);
+    assert_eq!(get(admin, "/readyz", None).await.status, StatusCode::OK);
+
+    // The streamed download's line is counted when its body ends: give it a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = get(admin, "/metrics", None).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    assert!(
+        metrics
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = metrics.text();
+    let samples = parse_prometheus(&text);
+    let has = |line: &str| samples.iter().any(|s| s == line);
+    assert!(
+        has(r#"backupd_requests_total{route="download",status="200"} 1"#),
+        "{samples:#?}"
+    );
+    assert!(
+        has(r#"backupd_requests_total{route="download",status="401"} 1"#),
+        "{samples:#?}"
+    );
+    assert!(
+        has(r#"backupd_requests_total{route="download",status="404"} 1"#),
+        "{samples:#?}"
+    );
+    assert!(
+        has(r#"backupd_requests_total{route="upload",status="201"} 1"#),
+        "{samples:#?}"
+    );
+    assert!(has("backupd_auth_failures_total{} 1"), "{samples:#?}");
+    assert!(has("backupd_uploads_total{} 1"), "{samples:#?}");
+    assert!(has("backupd_received_bytes_total{} 300"), "{samples:#?}");
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.starts_with("backupd_sent_bytes_total{} "))
+    );
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.starts_with("backupd_active_connections{} "))
+    );
+    assert!(samples.iter().any(|s| {
+        s.starts_with(r#"backupd_request_duration_seconds_bucket{le="+Inf",route="download"} 3"#)
+    }));
+    // No label carries an id, a system or a secret.
+    for secret_thing in [ID, ID2, new_id.as_str(), "fw1", secret.as_str()] {
+        assert!(
+            !text.contains(secret_thing),
+            "{secret_thing} leaked into /metrics"
+        );
+    }
+
+    // Not ready while the storage root is gone; ready again when it is back.
+    let storage = server.storage();
+    std::fs::rename(&storage, server.data().join("away")).unwrap();
+    let start = Instant::now();
+    while get(admin, "/readyz", None).await.status != StatusCode::SERVICE_UNAVAILABLE {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "readyz did not notice within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(admin, "/healthz", None).await.status, StatusCode::OK);
+    std::fs::rename(server.data().join("away"), &storage).unwrap();
+    let start = Instant::now();
+    while get(admin, "/readyz", None).await.status != StatusCode::OK {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "readyz did not recover within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn the_admin_listener_is_never_the_public_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:18931",
+            "--admin-listen",
+            "127.0.0.1:18931",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must differ"));
+}
+
+#[tokio::test]
+async fn json_logs_carry_one_access_line_per_request_and_never_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir, &["--log-format", "json"]);
+    let secret = server.add_system("fw1");
+    server.put("fw1", ID, b"abc");
+    assert_eq!(
+        get(server.addr, &backup_path(ID), Some(&basic("fw1", &secret)))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(
+            server.addr,
+            &backup_path(ID),
+            Some(&basic("fw1", "wrong-secret"))
+        )
+        .await
+        .status,
+        StatusCode::UNAUTHORIZED
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = server.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let access: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["message"] == "request").collect();
+    assert_eq!(access.len(), 2, "{log}");
+    let ok = access.iter().find(|l| l["status"] == 200).unwrap();
+    for field in [
+        "timestamp",
+        "peer",
+        "system",
+        "method",
+        "id",
+        "status",
+        "bytes",
+        "duration_ms",
+    ] {
+        assert!(!ok[field].is_null(), "access line lacks {field}: {ok}");
+    }
+    assert_eq!(ok["system"], "fw1");
+    assert_eq!(ok["bytes"], 3);
+    let failure = lines
+        .iter()
+        .find(|l| l["message"] == "authentication failed")
+        .expect("auth failure logged");
+    assert!(failure["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(!log.contains(&secret) && !log.contains("wrong-secret"));
+    assert!(!log.to_ascii_lowercase().contains("authorization: basic"));
+}
