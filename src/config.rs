@@ -74,6 +74,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Address of the admin listener, if any.
     pub admin_listen: Option<SocketAddr>,
+    /// TLS certificate chain and key files (PEM), if serving HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Where the credentials file is.
     pub credentials: PathBuf,
     /// The storage root: one directory per system below it.

@@ -30,6 +30,7 @@
 //! * [`ranges`]: `ETag`, conditional and range requests.
 //! * [`ratelimit`]: per-system upload rate limits.
 //! * [`metrics`]: counters, rendered in Prometheus text format.
+//! * [`tls`]: rustls, with the certificate reloaded on SIGHUP.
 //! * [`admin`]: the optional admin listener: `/metrics`, `/healthz`, `/readyz`.
 //! * [`body`]: response bodies; streams a backup with flat memory.
 //! * [`error`]: the error enum and its JSON envelope.
@@ -58,4 +59,5 @@ pub mod server;
 pub mod store;
 pub mod system_name;
 pub mod systems;
+pub mod tls;
 pub mod upload;

@@ -14,10 +14,11 @@ use backupd::config::{
 };
 use backupd::credentials::{CredentialStore, CredentialsFile};
 use backupd::routes::App;
-use backupd::sandbox::DirPath;
+use backupd::sandbox::{DirPath, FilePath};
 use backupd::server::{self, Limits};
 use backupd::store::BackupStore;
 use backupd::systems::{self, Locations};
+use backupd::tls::Tls;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -92,6 +93,13 @@ struct ServeArgs {
     /// management network, never the public address.
     #[arg(long, env = "BACKUPD_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
+    /// Serve HTTPS with this PEM certificate chain (needs --tls-key).
+    /// SIGHUP reloads it.
+    #[arg(long, env = "BACKUPD_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "BACKUPD_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Most connections served at once.
     #[arg(long, env = "BACKUPD_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
@@ -160,6 +168,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(ServeConfig {
             listen: args.listen,
             admin_listen: args.admin_listen,
+            tls: args.tls_cert.zip(args.tls_key),
             credentials: locations.credentials,
             storage: locations.storage,
             create_storage: locations.create_storage,
@@ -243,6 +252,16 @@ async fn serve_async(config: ServeConfig) -> Result<(), String> {
             config.storage.display()
         );
     }
+    let tls = match &config.tls {
+        None => None,
+        Some((cert, key)) => {
+            let files = FilePath::new(cert).and_then(|c| Ok((c, FilePath::new(key)?)));
+            let (cert, key) = files.map_err(|e| format!("TLS files: {e}"))?;
+            Some(Arc::new(
+                Tls::new(cert, key).map_err(|e| format!("TLS: {e}"))?,
+            ))
+        }
+    };
     let app = Arc::new(App::new(credentials, store, config.policy));
 
     let listener = TcpListener::bind(config.listen)
@@ -269,20 +288,21 @@ async fn serve_async(config: ServeConfig) -> Result<(), String> {
         tracing::info!("admin endpoints (/metrics, /healthz, /readyz) on {admin_local}");
         tokio::spawn(backupd::admin::run(admin_listener, app.clone()));
     }
-    spawn_watchers(app.clone()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    spawn_watchers(app.clone(), tls.clone())
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let limits = Limits {
         max_connections: config.max_connections,
         grace_period: config.grace_period,
     };
-    server::run(listener, app, limits, shutdown).await;
+    server::run(listener, app, tls, limits, shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }
 
 /// Polls the storage root and the credentials file, and reloads the
-/// credentials at once on SIGHUP.
-fn spawn_watchers(app: Arc<App>) -> std::io::Result<()> {
+/// credentials (and the TLS certificate) at once on SIGHUP.
+fn spawn_watchers(app: Arc<App>, tls: Option<Arc<Tls>>) -> std::io::Result<()> {
     let mut hangup = signal(SignalKind::hangup())?;
     let storage_app = app.clone();
     tokio::spawn(async move {
@@ -299,7 +319,10 @@ fn spawn_watchers(app: Arc<App>) -> std::io::Result<()> {
             let forced = tokio::select! {
                 _ = tick.tick() => false,
                 _ = hangup.recv() => {
-                    tracing::info!("SIGHUP: reloading credentials");
+                    tracing::info!("SIGHUP: reloading credentials{}", if tls.is_some() { " and TLS certificate" } else { "" });
+                    if let Some(tls) = tls.clone() {
+                        let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
+                    }
                     true
                 }
             };

@@ -40,3 +40,61 @@ impl DirPath {
         Dir::open_ambient_dir(&self.path, authority)
     }
 }
+
+/// A file the operator named (a certificate, a key): its directory, opened
+/// through [`DirPath`], and its name inside it.
+#[derive(Debug, Clone)]
+pub struct FilePath {
+    dir: DirPath,
+    name: std::ffi::OsString,
+}
+
+impl FilePath {
+    /// Names the file at `path`; nothing is opened yet.
+    pub fn new(path: &Path) -> io::Result<Self> {
+        let name = path.file_name().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} names no file", path.display()),
+            )
+        })?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        Ok(FilePath {
+            dir: DirPath::new(dir),
+            name: name.to_owned(),
+        })
+    }
+
+    /// The directory holding it.
+    pub fn dir(&self) -> &DirPath {
+        &self.dir
+    }
+
+    /// The file's name inside its directory.
+    pub fn name(&self) -> &std::ffi::OsStr {
+        &self.name
+    }
+
+    /// The file's path, for messages.
+    pub fn display(&self) -> String {
+        self.dir.path().join(&self.name).display().to_string()
+    }
+
+    /// Reads the whole file, refusing one larger than `max` bytes.
+    pub fn read(&self, max: u64) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let file = self.dir.open(false)?.open(&self.name)?;
+        let mut bytes = Vec::new();
+        file.take(max + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is too large", self.display()),
+            ));
+        }
+        Ok(bytes)
+    }
+}

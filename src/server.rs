@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -21,6 +21,7 @@ use crate::config::{
     HEADER_READ_TIMEOUT, IDLE_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_HEADER_BYTES, MAX_HEADERS,
 };
 use crate::routes::{self, App};
+use crate::tls::Tls;
 
 /// How the accept loop limits its clients.
 #[derive(Debug, Clone, Copy)]
@@ -37,9 +38,12 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves `listener` until `shutdown` completes, then stops accepting, lets
 /// in-flight connections finish for up to `limits.grace_period`, and returns.
+/// With `tls`, every connection starts with a TLS handshake (bounded by
+/// [`HEADER_READ_TIMEOUT`]); ALPN then picks HTTP/2 or HTTP/1.1.
 pub async fn run(
     listener: TcpListener,
     app: Arc<App>,
+    tls: Option<Arc<Tls>>,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -88,17 +92,30 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let last_activity = Arc::new(AtomicU64::new(clock.elapsed().as_millis() as u64));
-        let io = TokioIo::new(ActivityIo {
+        let io = ActivityIo {
             inner: stream,
             clock,
             last_activity: last_activity.clone(),
-        });
-        let service = service_fn(move |req| routes::handle(app.clone(), peer, req));
-        let conn = graceful.watch(builder.serve_connection(io, service).into_owned());
+        };
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         let metrics = app_metrics.clone();
         metrics.connections(1);
         tokio::spawn(async move {
-            serve_until_idle(conn, peer, clock, &last_activity).await;
+            let service = service_fn(move |req| routes::handle(app.clone(), peer, req));
+            let activity = (peer, clock, &*last_activity);
+            match tls {
+                None => serve(&builder, watcher, io, service, activity).await,
+                Some(tls) => {
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, tls.acceptor().accept(io)).await
+                    {
+                        Ok(Ok(stream)) => serve(&builder, watcher, stream, service, activity).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             metrics.connections(-1);
             drop(permit);
         });
@@ -114,6 +131,28 @@ pub async fn run(
             tracing::warn!(grace_period_s = limits.grace_period.as_secs(), "grace period over; closing remaining connections");
         }
     }
+}
+
+/// Serves HTTP on one (plain or TLS) stream until it ends, idles out or the
+/// graceful shutdown closes it.
+async fn serve<I, S>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    service: S,
+    (peer, clock, last_activity): (SocketAddr, Instant, &AtomicU64),
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<crate::body::Body>,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+    serve_until_idle(conn, peer, clock, last_activity).await;
 }
 
 /// Drives one connection, closing it when no byte has moved for [`IDLE_TIMEOUT`].

@@ -1,0 +1,250 @@
+//! HTTPS: a certificate generated at run time, HTTP/1.1 and HTTP/2 over
+//! TLS via ALPN, TLS 1.2 and 1.3, and SIGHUP reloads without dropping
+//! connections (a broken pair keeps the old one).
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Empty};
+use hyper::StatusCode;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// A self-signed certificate for localhost; its DER and the files written.
+fn make_cert(dir: &Path, name: &str) -> CertificateDer<'static> {
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), key_pair.serialize_pem()).unwrap();
+    cert.der().clone()
+}
+
+fn install(dir: &Path, name: &str) {
+    std::fs::copy(dir.join(format!("{name}.pem")), dir.join("cert.pem")).unwrap();
+    std::fs::copy(dir.join(format!("{name}.key")), dir.join("key.pem")).unwrap();
+}
+
+/// Connects with TLS trusting `roots`; `alpn` is what the client offers.
+async fn connect(
+    addr: std::net::SocketAddr,
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> TlsStream<tokio::net::TcpStream> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = within(STEP, tokio::net::TcpStream::connect(addr))
+        .await
+        .unwrap();
+    within(
+        STEP,
+        TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .unwrap()
+}
+
+fn peer_cert(stream: &TlsStream<tokio::net::TcpStream>) -> CertificateDer<'static> {
+    stream.get_ref().1.peer_certificates().unwrap()[0]
+        .clone()
+        .into_owned()
+}
+
+async fn get_over(
+    stream: TlsStream<tokio::net::TcpStream>,
+    path: &str,
+    auth: &str,
+) -> (StatusCode, Bytes) {
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let req = hyper::Request::get(format!("https://localhost{path}"))
+        .header("authorization", auth)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = if h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        within(STEP, sender.send_request(req)).await.unwrap()
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        within(STEP, sender.send_request(req)).await.unwrap()
+    };
+    let status = res.status();
+    (
+        status,
+        within(STEP, res.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes(),
+    )
+}
+
+#[tokio::test]
+async fn https_serves_http1_and_http2_and_reloads_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let first = make_cert(certs.path(), "first");
+    let second = make_cert(certs.path(), "second");
+    install(certs.path(), "first");
+    let cert = certs.path().join("cert.pem");
+    let key = certs.path().join("key.pem");
+    let server = Server::start_with(
+        dir,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let secret = server.add_system("fw1");
+    let auth = basic("fw1", &secret);
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    server.put("fw1", ID, &data);
+    let roots = [first.clone(), second.clone()];
+    let all = &[&rustls::version::TLS13, &rustls::version::TLS12][..];
+
+    // HTTP/1.1 and HTTP/2, chosen by ALPN, over TLS 1.3 and TLS 1.2.
+    for (alpn, versions) in [
+        (&[&b"http/1.1"[..]][..], all),
+        (&[&b"h2"[..], &b"http/1.1"[..]][..], all),
+        (&[&b"h2"[..]][..], &[&rustls::version::TLS12][..]),
+        (&[&b"http/1.1"[..]][..], &[&rustls::version::TLS12][..]),
+    ] {
+        let stream = connect(server.addr, &roots, alpn, versions).await;
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn[0]));
+        assert_eq!(peer_cert(&stream), first);
+        let (status, body) = get_over(stream, &backup_path(ID), &auth).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body == data);
+    }
+    // Plain HTTP on the TLS port gets no answer.
+    let reply = raw(
+        server.addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(raw_status(&reply), None);
+
+    // A keep-alive connection opened before the reload...
+    let old = connect(server.addr, &roots, &[b"http/1.1"], all).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(old))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let send = |sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>| {
+        sender.send_request(
+            hyper::Request::get(backup_path(ID))
+                .header("host", "localhost")
+                .header("authorization", &auth)
+                .body(Empty::new())
+                .unwrap(),
+        )
+    };
+    let res = within(STEP, send(&mut sender)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // Read it whole so the connection is ready for the next request.
+    assert!(
+        within(STEP, res.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes()
+            == data
+    );
+
+    // ...survives SIGHUP, and new handshakes get the new certificate.
+    install(certs.path(), "second");
+    let reloads = server.count_log("TLS certificate reloaded");
+    server.signal(1);
+    let start = std::time::Instant::now();
+    while server.count_log("TLS certificate reloaded") == reloads {
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fresh = connect(server.addr, &roots, &[b"h2"], all).await;
+    assert_eq!(peer_cert(&fresh), second);
+    let res = within(STEP, send(&mut sender)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        within(STEP, res.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes()
+            == data
+    );
+
+    // A broken pair keeps the previous certificate and logs an error.
+    std::fs::write(
+        &cert,
+        b"-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    server.signal(1);
+    assert!(
+        server.wait_for_log("TLS certificate reload failed", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let still = connect(server.addr, &roots, &[b"http/1.1"], all).await;
+    assert_eq!(peer_cert(&still), second);
+    // A key that does not match the certificate is refused the same way.
+    install(certs.path(), "first");
+    std::fs::copy(certs.path().join("second.key"), &key).unwrap();
+    let failures = server.count_log("TLS certificate reload failed");
+    server.signal(1);
+    let start = std::time::Instant::now();
+    while server.count_log("TLS certificate reload failed") == failures {
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        peer_cert(&connect(server.addr, &roots, &[b"h2"], all).await),
+        second
+    );
+}
+
+#[test]
+fn a_broken_certificate_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, b"garbage").unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&cert)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("TLS"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
