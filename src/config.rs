@@ -76,6 +76,8 @@ pub struct ServeConfig {
     pub admin_listen: Option<SocketAddr>,
     /// TLS certificate chain and key files (PEM), if serving HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Whether to apply the Landlock self-sandbox after start-up.
+    pub self_sandbox: bool,
     /// Where the credentials file is.
     pub credentials: PathBuf,
     /// The storage root: one directory per system below it.

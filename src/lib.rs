@@ -18,6 +18,7 @@
 //!
 //! * [`config`]: every limit and default, named and documented.
 //! * [`sandbox`]: the one ambient entry point to the filesystem.
+//! * [`confine`]: the Landlock self-sandbox applied after start-up.
 //! * [`system_name`]: `SystemName`, the only spelling of a system name.
 //! * [`backup_id`]: `BackupId`, the only spelling of a backup id.
 //! * [`credentials`]: the credentials file: format, hashing, verification,
@@ -47,6 +48,7 @@ pub mod auth;
 pub mod backup_id;
 pub mod body;
 pub mod config;
+pub mod confine;
 pub mod credentials;
 pub mod error;
 pub mod metadata;

@@ -12,6 +12,7 @@ use backupd::config::{
     self, CREDENTIALS_CHECK_INTERVAL, CREDENTIALS_FILE_NAME, Policy, STORAGE_CHECK_INTERVAL,
     STORAGE_DIR_NAME, ServeConfig,
 };
+use backupd::confine;
 use backupd::credentials::{CredentialStore, CredentialsFile};
 use backupd::routes::App;
 use backupd::sandbox::{DirPath, FilePath};
@@ -100,6 +101,10 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "BACKUPD_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Run without the Landlock self-sandbox (for kernels or setups where
+    /// it gets in the way; the log says whether it was enforced).
+    #[arg(long, env = "BACKUPD_NO_SELF_SANDBOX")]
+    no_self_sandbox: bool,
     /// Most connections served at once.
     #[arg(long, env = "BACKUPD_MAX_CONNECTIONS", default_value_t = config::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
@@ -169,6 +174,7 @@ fn main() -> ExitCode {
             listen: args.listen,
             admin_listen: args.admin_listen,
             tls: args.tls_cert.zip(args.tls_key),
+            self_sandbox: !args.no_self_sandbox,
             credentials: locations.credentials,
             storage: locations.storage,
             create_storage: locations.create_storage,
@@ -216,26 +222,41 @@ fn manage(locations: &Locations, command: SystemsCommand) -> ExitCode {
 }
 
 fn serve(config: ServeConfig) -> ExitCode {
+    let fail = |message: String| {
+        tracing::error!("{message}");
+        ExitCode::FAILURE
+    };
+    // Everything that touches the filesystem by path happens here, before
+    // the self-sandbox and before any other thread exists.
+    let (app, tls) = match prepare(&config) {
+        Ok(prepared) => prepared,
+        Err(message) => return fail(message),
+    };
+    if config.self_sandbox {
+        match confine::apply(&allowed_dirs(&config, &app, tls.as_deref())) {
+            Ok(status) => tracing::info!("self-sandbox (Landlock): {status}"),
+            Err(e) => {
+                tracing::warn!(error = %e, "self-sandbox (Landlock) could not be applied; running without it")
+            }
+        }
+    } else {
+        tracing::warn!("self-sandbox disabled by --no-self-sandbox");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the runtime");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
-    match runtime.block_on(serve_async(config)) {
+    match runtime.block_on(serve_async(config, app, tls)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            tracing::error!("{message}");
-            ExitCode::FAILURE
-        }
+        Err(message) => fail(message),
     }
 }
 
-async fn serve_async(config: ServeConfig) -> Result<(), String> {
+/// Loads the credentials, opens the storage root and the TLS pair.
+fn prepare(config: &ServeConfig) -> Result<(Arc<App>, Option<Arc<Tls>>), String> {
     let file =
         CredentialsFile::new(&config.credentials).map_err(|e| format!("credentials path: {e}"))?;
     let credentials = CredentialStore::open(file)
@@ -262,8 +283,38 @@ async fn serve_async(config: ServeConfig) -> Result<(), String> {
             ))
         }
     };
-    let app = Arc::new(App::new(credentials, store, config.policy));
+    Ok((Arc::new(App::new(credentials, store, config.policy)), tls))
+}
 
+/// The directories the self-sandbox allows (see `confine`); those that do
+/// not open are simply not allowed.
+fn allowed_dirs(config: &ServeConfig, app: &App, tls: Option<&Tls>) -> confine::Allowed {
+    let parent_of = |path: &std::path::Path| match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut read = vec![parent_of(&config.storage), parent_of(&config.credentials)];
+    if let Some(tls) = tls {
+        read.extend(tls.files().iter().map(|f| f.dir().path().to_path_buf()));
+    }
+    confine::Allowed {
+        storage: app
+            .store
+            .is_available()
+            .then(|| app.store.path().open(false).ok())
+            .flatten(),
+        read: read
+            .iter()
+            .filter_map(|p| DirPath::new(p).open(false).ok())
+            .collect(),
+    }
+}
+
+async fn serve_async(
+    config: ServeConfig,
+    app: Arc<App>,
+    tls: Option<Arc<Tls>>,
+) -> Result<(), String> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

@@ -251,3 +251,62 @@ async fn json_logs_carry_one_access_line_per_request_and_never_a_secret() {
     assert!(!log.contains(&secret) && !log.contains("wrong-secret"));
     assert!(!log.to_ascii_lowercase().contains("authorization: basic"));
 }
+
+#[tokio::test]
+async fn the_self_sandbox_is_reported_and_everything_works_under_it() {
+    let server = Server::start();
+    assert!(
+        server.wait_for_log("self-sandbox (Landlock):", Duration::from_secs(2)),
+        "{}",
+        server.log()
+    );
+    if server
+        .log()
+        .contains("self-sandbox (Landlock): fully enforced")
+    {
+        // restrict_self also sets no_new_privs on the whole process.
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+        assert!(
+            status
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["NoNewPrivs:", "1"]),
+            "{status}"
+        );
+    }
+    // Upload, list, download, delete and a credentials reload under it.
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let reply = upload(
+        server.addr,
+        Some(&auth),
+        b"sandboxed".to_vec(),
+        &[("x-filename", "s.gpg")],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let id = json(&reply)["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        &get(server.addr, &backup_path(&id), Some(&auth)).await.body[..],
+        b"sandboxed"
+    );
+    assert_eq!(
+        json(&get(server.addr, "/api/systems/backups", Some(&auth)).await)["data"]["backups"][0]["id"],
+        id.as_str()
+    );
+    assert_eq!(
+        request(
+            server.addr,
+            hyper::Method::DELETE,
+            &backup_path(&id),
+            Some(&auth)
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    assert!(!server.log().contains("storage error"), "{}", server.log());
+
+    // --no-self-sandbox turns it off, and says so.
+    let off = Server::start_with(tempfile::tempdir().unwrap(), &["--no-self-sandbox"]);
+    assert!(off.log().contains("self-sandbox disabled"), "{}", off.log());
+}
