@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -28,7 +28,7 @@ use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt, PermissionsExt};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
-use crate::sandbox::DirPath;
+use crate::sandbox::{DirPath, FilePath};
 use crate::system_name::SystemName;
 
 /// Bytes of random salt per system.
@@ -217,61 +217,40 @@ fn decode_fixed<const N: usize>(s: &str) -> Option<[u8; N]> {
 /// The credentials file on disk, reached through its directory's handle.
 #[derive(Debug, Clone)]
 pub struct CredentialsFile {
-    dir: DirPath,
-    name: OsString,
+    file: FilePath,
 }
 
 impl CredentialsFile {
     /// Names the file at `path`; nothing is opened yet.
     pub fn new(path: &Path) -> io::Result<Self> {
-        let name = path.file_name().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "credentials path names no file",
-            )
-        })?;
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
         Ok(CredentialsFile {
-            dir: DirPath::new(dir),
-            name: name.to_owned(),
+            file: FilePath::new(path)?,
         })
     }
 
     /// The file's path, for messages.
     pub fn display(&self) -> String {
-        self.dir.path().join(&self.name).display().to_string()
+        self.file.display()
+    }
+
+    /// The directory holding it (for the self-sandbox).
+    pub fn dir(&self) -> &DirPath {
+        self.file.dir()
     }
 
     fn temp_name(&self, suffix: &str) -> OsString {
         let mut n = OsString::from(".");
-        n.push(&self.name);
+        n.push(self.file.name());
         n.push(suffix);
         n
     }
 
     /// Reads the file; `Ok(None)` if it (or its directory) does not exist.
     pub fn read(&self) -> io::Result<Option<Vec<u8>>> {
-        let dir = match self.dir.open(false) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            other => other?,
-        };
-        let file = match dir.open(&self.name) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            other => other?,
-        };
-        let mut bytes = Vec::new();
-        file.take(MAX_CREDENTIALS_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)?;
-        if bytes.len() as u64 > MAX_CREDENTIALS_FILE_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "credentials file is too large",
-            ));
+        match self.file.read(MAX_CREDENTIALS_FILE_BYTES) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            other => other.map(Some),
         }
-        Ok(Some(bytes))
     }
 
     /// Reads and parses; a missing file is an empty set.
@@ -285,7 +264,7 @@ impl CredentialsFile {
     /// Replaces the file atomically: write a mode-0600 temporary beside it,
     /// fsync, rename over, fsync the directory. Creates the directory if needed.
     pub fn write(&self, creds: &Credentials) -> io::Result<()> {
-        let dir = self.dir.open(true)?;
+        let dir = self.file.dir().open(true)?;
         let temp = self.temp_name(".tmp");
         let mut file = dir.open_with(
             &temp,
@@ -298,7 +277,7 @@ impl CredentialsFile {
         file.write_all(creds.render().as_bytes())?;
         file.sync_all()?;
         drop(file);
-        dir.rename(&temp, &dir, &self.name)?;
+        dir.rename(&temp, &dir, self.file.name())?;
         sync_dir(&dir)
     }
 
@@ -314,7 +293,7 @@ impl CredentialsFile {
     /// Takes an exclusive lock that serialises `systems add|remove`; held
     /// until the returned file is dropped.
     pub fn lock(&self) -> io::Result<std::fs::File> {
-        let dir = self.dir.open(true)?;
+        let dir = self.file.dir().open(true)?;
         let lock = dir.open_with(
             self.temp_name(".lock"),
             OpenOptions::new().write(true).create(true).mode(0o600),
@@ -326,8 +305,8 @@ impl CredentialsFile {
 
     /// The file's permission bits, if it exists.
     pub fn mode(&self) -> io::Result<u32> {
-        let dir = self.dir.open(false)?;
-        Ok(dir.metadata(&self.name)?.permissions().mode() & 0o7777)
+        let dir = self.file.dir().open(false)?;
+        Ok(dir.metadata(self.file.name())?.permissions().mode() & 0o7777)
     }
 }
 

@@ -316,12 +316,12 @@ async fn limits_are_checked_before_the_body() {
     assert_eq!(partials(&server, "fw1"), Vec::<String>::new());
 }
 
-#[tokio::test]
-async fn a_short_body_is_400_and_leaves_nothing() {
-    let server = Server::start();
-    let auth = basic("fw1", &server.add_system("fw1"));
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// Starts a raw upload that declares 100,000 bytes and sends 5,000.
+async fn partial_upload(server: &Server, auth: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = within(STEP, tokio::net::TcpStream::connect(server.addr))
+        .await
+        .unwrap();
     let head = format!(
         "POST /api/systems/backups HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Length: 100000\r\n\r\n"
     );
@@ -329,6 +329,15 @@ async fn a_short_body_is_400_and_leaves_nothing() {
         .await
         .unwrap();
     within(STEP, stream.write_all(&[1u8; 5000])).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn a_short_body_is_400_and_leaves_nothing() {
+    let server = Server::start();
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let mut stream = partial_upload(&server, &auth).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // The client stops sending but can still hear the answer.
     within(STEP, stream.shutdown()).await.unwrap();
     let mut out = Vec::new();
@@ -349,15 +358,8 @@ async fn a_short_body_is_400_and_leaves_nothing() {
 async fn a_stalled_upload_is_cut_and_leaves_nothing() {
     let server = Server::start();
     let auth = basic("fw1", &server.add_system("fw1"));
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let head = format!(
-        "POST /api/systems/backups HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Length: 100000\r\n\r\n"
-    );
-    within(STEP, stream.write_all(head.as_bytes()))
-        .await
-        .unwrap();
-    within(STEP, stream.write_all(&[1u8; 5000])).await.unwrap();
+    let mut stream = partial_upload(&server, &auth).await;
+    use tokio::io::AsyncReadExt;
     // While it is in flight, the partial file exists but is never listed.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(partials(&server, "fw1").len(), 1);
