@@ -192,6 +192,13 @@ async fn serve_async(config: ServeConfig) -> Result<(), String> {
     }
     let app = Arc::new(App { credentials, store });
 
+    // Signal handlers go in before the socket is bound and "listening" is
+    // logged: until then SIGHUP and SIGTERM still have their default action,
+    // which kills the process, and a supervisor (or a test) may signal the
+    // moment it sees the server listening.
+    spawn_watchers(app.clone()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -202,8 +209,6 @@ async fn serve_async(config: ServeConfig) -> Result<(), String> {
         config.credentials.display()
     );
 
-    spawn_watchers(app.clone()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let limits = Limits {
         max_connections: config.max_connections,
         grace_period: config.grace_period,
