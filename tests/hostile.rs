@@ -1738,3 +1738,179 @@ async fn a_file_replaced_mid_stream_is_sent_whole_from_the_old_file() {
     let reply = get(world.server.addr, &format!("{P}{ID2}"), Some(&world.alice)).await;
     assert_eq!(reply.text(), NOT_FOUND_BODY);
 }
+
+/// HTTP/2 requests built by hand with hyper's client (which sends `:path`
+/// and header fields as given): repeated credentials, a foreign
+/// `:authority`, a body on GET, every method. Same answers as HTTP/1.1.
+#[tokio::test]
+async fn http2_requests_with_odd_fields() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let world = world();
+    let addr = world.server.addr;
+    let io = TokioIo::new(within(STEP, TcpStream::connect(addr)).await.unwrap());
+    let (mut sender, conn) = within(
+        STEP,
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let auth = world.alice.clone();
+    let own = format!("{P}{ID}");
+    type Fields<'a> = Vec<(&'a str, &'a str)>;
+    /// Name, method, authority, path, header fields, body, expected answer.
+    type H2Case<'a> = (
+        &'a str,
+        hyper::Method,
+        String,
+        String,
+        Fields<'a>,
+        Vec<u8>,
+        Expect,
+    );
+    let cases: Vec<H2Case> = vec![
+        (
+            "valid",
+            hyper::Method::GET,
+            "backupd.test".into(),
+            own.clone(),
+            vec![("authorization", &auth)],
+            vec![],
+            Expect::Own,
+        ),
+        (
+            "foreign authority",
+            hyper::Method::GET,
+            "evil.example:443".into(),
+            own.clone(),
+            vec![("authorization", &auth)],
+            vec![],
+            Expect::Own,
+        ),
+        (
+            "body on GET",
+            hyper::Method::GET,
+            "b".into(),
+            own.clone(),
+            vec![("authorization", &auth)],
+            get_with(&format!("{P}{ID2}"), &auth),
+            Expect::Own,
+        ),
+        (
+            "two authorization fields",
+            hyper::Method::GET,
+            "b".into(),
+            own.clone(),
+            vec![("authorization", &auth), ("authorization", &auth)],
+            vec![],
+            unauthorized(),
+        ),
+        (
+            "authorization and a bad one",
+            hyper::Method::GET,
+            "b".into(),
+            own.clone(),
+            vec![
+                ("authorization", "Basic Zm9vOmJhcg=="),
+                ("authorization", &auth),
+            ],
+            vec![],
+            unauthorized(),
+        ),
+        (
+            "query traversal",
+            hyper::Method::GET,
+            "b".into(),
+            format!("{own}?../../bob/{ID}"),
+            vec![("authorization", &auth)],
+            vec![],
+            Expect::Own,
+        ),
+        (
+            "foreign id",
+            hyper::Method::GET,
+            "b".into(),
+            format!("{P}{ID2}"),
+            vec![("authorization", &auth)],
+            vec![],
+            backup_not_found(),
+        ),
+        (
+            "trap",
+            hyper::Method::GET,
+            "b".into(),
+            format!("{P}{}", trap(2)),
+            vec![("authorization", &auth)],
+            vec![],
+            backup_not_found(),
+        ),
+        (
+            "PUT",
+            hyper::Method::PUT,
+            "b".into(),
+            own.clone(),
+            vec![("authorization", &auth)],
+            b"overwrite".to_vec(),
+            Expect::Json(
+                405,
+                r#"{"code":405,"message":"method not allowed","data":{}}"#.into(),
+            ),
+        ),
+        (
+            "DELETE",
+            hyper::Method::DELETE,
+            "b".into(),
+            own.clone(),
+            vec![("authorization", &auth)],
+            vec![],
+            Expect::Json(
+                405,
+                r#"{"code":405,"message":"method not allowed","data":{}}"#.into(),
+            ),
+        ),
+        (
+            "no authorization",
+            hyper::Method::GET,
+            "b".into(),
+            own.clone(),
+            vec![],
+            vec![],
+            unauthorized(),
+        ),
+    ];
+    let count = cases.len();
+    for (name, method, authority, path, fields, body, expect) in cases {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("http://{authority}{path}"));
+        for (k, v) in &fields {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(bytes::Bytes::from(body))).unwrap();
+        within(STEP, sender.ready()).await.unwrap();
+        let res = within(STEP, sender.send_request(req)).await.unwrap();
+        let status = res.status().as_u16();
+        let content_type = res.headers().get("content-type").cloned();
+        let body = within(STEP, res.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes();
+        for marker in &world.markers {
+            assert!(find(&body, marker).is_none(), "{name}: leak");
+        }
+        match expect {
+            Expect::Own => {
+                assert_eq!(status, 200, "{name}");
+                assert!(body == world.own, "{name}");
+            }
+            Expect::Json(want, text) => {
+                assert_eq!(status, want, "{name}");
+                assert_eq!(body, text.as_bytes(), "{name}");
+                assert_eq!(content_type.unwrap(), "application/json", "{name}");
+            }
+            other => unreachable!("{other:?}"),
+        }
+    }
+    assert_eq!(count, 11);
+}
