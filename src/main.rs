@@ -315,6 +315,14 @@ async fn serve_async(
     app: Arc<App>,
     tls: Option<Arc<Tls>>,
 ) -> Result<(), String> {
+    // Signal handlers go in before the socket is bound and "listening" is
+    // logged: until then SIGHUP and SIGTERM still have their default action,
+    // which kills the process, and a supervisor (or a test) may signal the
+    // moment it sees the server listening.
+    spawn_watchers(app.clone(), tls.clone())
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -339,9 +347,6 @@ async fn serve_async(
         tracing::info!("admin endpoints (/metrics, /healthz, /readyz) on {admin_local}");
         tokio::spawn(backupd::admin::run(admin_listener, app.clone()));
     }
-    spawn_watchers(app.clone(), tls.clone())
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let limits = Limits {
         max_connections: config.max_connections,
         grace_period: config.grace_period,

@@ -1,0 +1,263 @@
+"""Side-by-side download benchmark: backupd against nginx (sendfile, Basic
+auth) and static-web-server, on the same page-cached files, in one run.
+
+A benchmark, not a test: it prints and records figures, never asserts a
+timing. Run through bench/run.sh, which installs the peers and builds.
+
+usage: run.py BACKUPD_BIN [--quick] [--out bench/RESULTS.md]
+"""
+import base64, hashlib, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+
+QUICK = "--quick" in sys.argv
+BIN = os.path.abspath(sys.argv[1])
+OUT = sys.argv[sys.argv.index("--out") + 1] if "--out" in sys.argv else None
+BIG = (256 << 20) if QUICK else (1 << 30)       # the "1 GiB" file
+REPS = 1 if QUICK else 3
+WRK_SECONDS = 3 if QUICK else 10
+RSS_STREAMS = 8 if QUICK else 64
+USER = "fw1"
+BIG_ID = "01934fab-bc33-7890-a1b2-c3d4e5f6a7b8.bin"
+SMALL_ID = "01934fab-bc33-7890-a1b2-c3d4e5f6a7b9.bin"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, limit=10.0):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+def pids_of(root_pid):
+    """root_pid and its descendants (nginx workers)."""
+    out = [root_pid]
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                stat = open(f"/proc/{p}/stat").read()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == root_pid:
+                    out.append(int(p))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def cpu_seconds(root_pid):
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids_of(root_pid):
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except OSError:
+            pass
+    return total / tick
+
+
+def rss_mib(root_pid):
+    total = 0
+    for pid in pids_of(root_pid):
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def curl(url, auth):
+    out = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "--user", auth, "-w", "%{http_code} %{size_download} %{time_total}", url],
+        capture_output=True, text=True, timeout=600)
+    code, size, secs = out.stdout.split()
+    if code != "200":
+        raise SystemExit(f"{url}: HTTP {code}")
+    return int(size), float(secs)
+
+
+def streams(url, auth, n):
+    """n concurrent downloads; aggregate GB/s and the bytes moved."""
+    t0 = time.monotonic()
+    procs = [subprocess.Popen(["curl", "-s", "-o", "/dev/null", "--user", auth, "-w", "%{size_download}", url],
+                              stdout=subprocess.PIPE, text=True) for _ in range(n)]
+    total = sum(int(p.communicate(timeout=900)[0]) for p in procs)
+    return total / (time.monotonic() - t0) / 1e9, total
+
+
+def wrk(url, auth_header):
+    out = subprocess.run(["wrk", "-t2", "-c64", f"-d{WRK_SECONDS}s", "--latency", "-H", f"Authorization: {auth_header}", url],
+                         capture_output=True, text=True, timeout=120).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    def ms(label):
+        v, unit = re.search(rf"\s{label}%\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        raise SystemExit(f"{url}: {non2xx.group(1)} non-2xx responses")
+    return rps, ms("50"), ms("99")
+
+
+def peak_rss(url, auth, root_pid, n):
+    procs = [subprocess.Popen(["curl", "-s", "-o", "/dev/null", "--user", auth, url]) for _ in range(n)]
+    peak = 0.0
+    while any(p.poll() is None for p in procs):
+        peak = max(peak, rss_mib(root_pid))
+        time.sleep(0.1)
+    return peak
+
+
+def measure(name, pid, base, auth_user, auth_header):
+    big, small = f"{base}/{BIG_ID}", f"{base}/{SMALL_ID}"
+    r = {}
+    singles = []
+    for _ in range(REPS):
+        size, secs = curl(big, auth_user)
+        singles.append(size / secs / 1e9)
+    r["single"] = statistics.median(singles)
+    multi, cpu = [], []
+    for _ in range(REPS):
+        c0 = cpu_seconds(pid)
+        gbs, moved = streams(big, auth_user, 8)
+        cpu.append((cpu_seconds(pid) - c0) / (moved / (1 << 30)))
+        multi.append(gbs)
+    r["multi"] = statistics.median(multi)
+    r["cpu"] = statistics.median(cpu)
+    runs = [wrk(small, auth_header) for _ in range(REPS)]
+    r["rps"] = statistics.median(x[0] for x in runs)
+    r["p50"] = statistics.median(x[1] for x in runs)
+    r["p99"] = statistics.median(x[2] for x in runs)
+    r["rss"] = statistics.median(peak_rss(big, auth_user, pid, RSS_STREAMS) for _ in range(REPS))
+    print(f"{name}: {r}", flush=True)
+    return r
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="backupd-bench-")
+    procs = []
+    try:
+        data = os.path.join(work, "data")
+        secret = subprocess.run([BIN, "systems", "add", USER, "--data-dir", data], capture_output=True, text=True, check=True).stdout.strip()
+        files = os.path.join(data, "backups", USER)
+        with open(os.path.join(files, BIG_ID), "wb") as f:
+            block = os.urandom(1 << 20)
+            for _ in range(BIG >> 20):
+                f.write(block)
+        with open(os.path.join(files, SMALL_ID), "wb") as f:
+            f.write(os.urandom(64 << 10))
+        for name in (BIG_ID, SMALL_ID):  # page-cache both
+            with open(os.path.join(files, name), "rb") as f:
+                while f.read(1 << 24):
+                    pass
+        auth_user = f"{USER}:{secret}"
+        auth_header = "Basic " + base64.b64encode(auth_user.encode()).decode()
+        results = {}
+
+        # backupd
+        port = free_port()
+        p = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data],
+                             stderr=open(os.path.join(work, "backupd.log"), "w"), env={**os.environ, "RUST_LOG": "warn"})
+        procs.append(p)
+        wait_port(port)
+        results["backupd"] = measure("backupd", p.pid, f"http://127.0.0.1:{port}/api/systems/backups", auth_user, auth_header)
+        p.terminate(); p.wait()
+
+        # nginx: sendfile, Basic auth with a {SHA} htpasswd entry (one SHA-1
+        # per request: as cheap as backupd's salted SHA-256).
+        port = free_port()
+        sha = base64.b64encode(hashlib.sha1(secret.encode()).digest()).decode()
+        open(os.path.join(work, "htpasswd"), "w").write(f"{USER}:{{SHA}}{sha}\n")
+        conf = os.path.join(work, "nginx.conf")
+        open(conf, "w").write(f"""
+worker_processes auto;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log;
+daemon off;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 100000;
+  server {{
+    listen 127.0.0.1:{port};
+    location /api/systems/backups/ {{
+      alias {files}/;
+      auth_basic "backupd";
+      auth_basic_user_file {work}/htpasswd;
+      default_type application/octet-stream;
+    }}
+  }}
+}}
+""")
+        p = subprocess.Popen(["nginx", "-c", conf, "-p", work])
+        procs.append(p)
+        wait_port(port)
+        results["nginx"] = measure("nginx", p.pid, f"http://127.0.0.1:{port}/api/systems/backups", auth_user, auth_header)
+        p.terminate(); p.wait()
+
+        # static-web-server, if installed: its Basic auth takes bcrypt only.
+        sws = shutil.which("static-web-server")
+        if sws:
+            port = free_port()
+            bcrypt = subprocess.run(["htpasswd", "-nbBC", "4", USER, secret], capture_output=True, text=True, check=True).stdout.strip()
+            root = os.path.join(work, "sws")
+            os.makedirs(os.path.join(root, "api", "systems"))
+            os.symlink(files, os.path.join(root, "api", "systems", "backups"))
+            p = subprocess.Popen([sws, "--host", "127.0.0.1", "--port", str(port), "--root", root, "--basic-auth", bcrypt,
+                                  "--log-level", "error", "--compression", "false"], stdout=subprocess.DEVNULL)
+            procs.append(p)
+            wait_port(port)
+            results["static-web-server"] = measure("static-web-server", p.pid, f"http://127.0.0.1:{port}/api/systems/backups", auth_user, auth_header)
+            p.terminate(); p.wait()
+        else:
+            print("static-web-server not installed: skipped (bench/run.sh tries cargo install --locked static-web-server)")
+        report(results)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(results):
+    ng = results["nginx"]
+    rows = [
+        ("1 GiB single stream (GB/s)" if not QUICK else "256 MiB single stream (GB/s)", "single", True),
+        ("8 concurrent streams, aggregate (GB/s)", "multi", True),
+        ("64 KiB + Basic auth, 64 conns (req/s)", "rps", True),
+        ("  p50 latency (ms)", "p50", False),
+        ("  p99 latency (ms)", "p99", False),
+        ("CPU seconds per GiB served (8 streams)", "cpu", False),
+        (f"peak RSS, {RSS_STREAMS} concurrent big downloads (MiB)", "rss", False),
+    ]
+    names = list(results)
+    cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    lines = [f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, nproc {os.cpu_count()}, {cpu_model}, "
+             f"{'quick' if QUICK else 'full'} mode, median of {REPS}; ratio = server / nginx (same run).", "",
+             "| figure | " + " | ".join(names) + " | " + " | ".join(f"{n}/nginx" for n in names if n != "nginx") + " |",
+             "|---|" + "---|" * (2 * len(names) - 1)]
+    for label, key, _higher_better in rows:
+        vals = [f"{results[n][key]:.3g}" for n in names]
+        ratios = [f"{results[n][key] / ng[key]:.2f}x" if ng[key] else "-" for n in names if n != "nginx"]
+        lines.append(f"| {label} | " + " | ".join(vals) + " | " + " | ".join(ratios) + " |")
+    table = "\n".join(lines)
+    print(table)
+    if OUT:
+        with open(OUT, "a") as f:
+            f.write("\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()
