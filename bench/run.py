@@ -181,6 +181,8 @@ def main():
         conf = os.path.join(work, "nginx.conf")
         open(conf, "w").write(f"""
 worker_processes auto;
+# The benchmark's files are in a private temporary directory.
+user root;
 pid {work}/nginx.pid;
 error_log {work}/nginx-error.log;
 daemon off;
@@ -213,8 +215,10 @@ http {{
             port = free_port()
             bcrypt = subprocess.run(["htpasswd", "-nbBC", "4", USER, secret], capture_output=True, text=True, check=True).stdout.strip()
             root = os.path.join(work, "sws")
-            os.makedirs(os.path.join(root, "api", "systems"))
-            os.symlink(files, os.path.join(root, "api", "systems", "backups"))
+            # It refuses symlinks that leave its root: hard-link the same files.
+            os.makedirs(os.path.join(root, "api", "systems", "backups"))
+            for name in (BIG_ID, SMALL_ID):
+                os.link(os.path.join(files, name), os.path.join(root, "api", "systems", "backups", name))
             p = subprocess.Popen([sws, "--host", "127.0.0.1", "--port", str(port), "--root", root, "--basic-auth", bcrypt,
                                   "--log-level", "error", "--compression", "false"], stdout=subprocess.DEVNULL)
             procs.append(p)
