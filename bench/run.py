@@ -16,6 +16,13 @@ REPS = 1 if QUICK else 3
 WRK_SECONDS = 3 if QUICK else 10
 RSS_STREAMS = 8 if QUICK else 64
 USER = "fw1"
+# Who takes uploads, and how: backupd's POST (fsync included) and nginx's
+# WebDAV PUT (no fsync); static-web-server has no upload.
+UPLOAD_TARGETS = {
+    "backupd": lambda base: (lambda i: base, "POST"),
+    "nginx": lambda base: (lambda i: f"{base.replace('/api/systems/backups', '/upload')}/up{i}.bin", "PUT"),
+}
+BIG_SOURCE = None  # the big file's path, set in main()
 BIG_ID = "01934fab-bc33-7890-a1b2-c3d4e5f6a7b8.bin"
 SMALL_ID = "01934fab-bc33-7890-a1b2-c3d4e5f6a7b9.bin"
 
@@ -118,6 +125,19 @@ def peak_rss(url, auth, root_pid, n):
     return peak
 
 
+def upload(url, auth, path, method):
+    """One upload of the big file with curl -T (streamed, never in memory)."""
+    out = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "--user", auth, "-X", method, "-T", path,
+         "-H", "Content-Type: application/octet-stream", "-H", "X-Filename: big.bin",
+         "-w", "%{http_code} %{size_upload} %{time_total}", url],
+        capture_output=True, text=True, timeout=900)
+    code, size, secs = out.stdout.split()
+    if code not in ("201", "204"):
+        raise SystemExit(f"upload to {url}: HTTP {code}")
+    return int(size) / float(secs) / 1e9
+
+
 def measure(name, pid, base, auth_user, auth_header):
     big, small = f"{base}/{BIG_ID}", f"{base}/{SMALL_ID}"
     r = {}
@@ -139,6 +159,9 @@ def measure(name, pid, base, auth_user, auth_header):
     r["p50"] = statistics.median(x[1] for x in runs)
     r["p99"] = statistics.median(x[2] for x in runs)
     r["rss"] = statistics.median(peak_rss(big, auth_user, pid, RSS_STREAMS) for _ in range(REPS))
+    if UPLOAD_TARGETS.get(name):
+        target, method = UPLOAD_TARGETS[name](base)
+        r["upload"] = statistics.median(upload(target(i), auth_user, BIG_SOURCE, method) for i in range(REPS))
     print(f"{name}: {r}", flush=True)
     return r
 
@@ -160,13 +183,17 @@ def main():
             with open(os.path.join(files, name), "rb") as f:
                 while f.read(1 << 24):
                     pass
+        global BIG_SOURCE
+        BIG_SOURCE = os.path.join(work, "upload-source.bin")
+        os.link(os.path.join(files, BIG_ID), BIG_SOURCE)
         auth_user = f"{USER}:{secret}"
         auth_header = "Basic " + base64.b64encode(auth_user.encode()).decode()
         results = {}
 
         # backupd
         port = free_port()
-        p = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data],
+        p = subprocess.Popen([BIN, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", data,
+                              "--max-upload-bytes", str(4 << 30), "--retention-count", "0"],
                              stderr=open(os.path.join(work, "backupd.log"), "w"), env={**os.environ, "RUST_LOG": "warn"})
         procs.append(p)
         wait_port(port)
@@ -200,9 +227,18 @@ http {{
       auth_basic_user_file {work}/htpasswd;
       default_type application/octet-stream;
     }}
+    location /upload/ {{
+      alias {work}/nginx-uploads/;
+      dav_methods PUT;
+      client_max_body_size 0;
+      client_body_temp_path {work}/nginx-body;
+      auth_basic "backupd";
+      auth_basic_user_file {work}/htpasswd;
+    }}
   }}
 }}
 """)
+        os.makedirs(os.path.join(work, "nginx-uploads"))
         p = subprocess.Popen(["nginx", "-c", conf, "-p", work])
         procs.append(p)
         wait_port(port)
@@ -245,6 +281,7 @@ def report(results):
         ("  p99 latency (ms)", "p99", False),
         ("CPU seconds per GiB served (8 streams)", "cpu", False),
         (f"peak RSS, {RSS_STREAMS} concurrent big downloads (MiB)", "rss", False),
+        ("upload of the big file (GB/s; backupd POST with fsync, nginx WebDAV PUT)", "upload", True),
     ]
     names = list(results)
     cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
@@ -253,8 +290,9 @@ def report(results):
              "| figure | " + " | ".join(names) + " | " + " | ".join(f"{n}/nginx" for n in names if n != "nginx") + " |",
              "|---|" + "---|" * (2 * len(names) - 1)]
     for label, key, _higher_better in rows:
-        vals = [f"{results[n][key]:.3g}" for n in names]
-        ratios = [f"{results[n][key] / ng[key]:.2f}x" if ng[key] else "-" for n in names if n != "nginx"]
+        vals = [f"{results[n][key]:.3g}" if key in results[n] else "-" for n in names]
+        ratios = [f"{results[n][key] / ng[key]:.2f}x" if ng.get(key) and key in results[n] else "-"
+                  for n in names if n != "nginx"]
         lines.append(f"| {label} | " + " | ".join(vals) + " | " + " | ".join(ratios) + " |")
     table = "\n".join(lines)
     print(table)
