@@ -7,8 +7,8 @@
 //! * the filesystem is reached through [`cap_std::fs::Dir`] handles only, one
 //!   per system directory, so no path, `..`, symlink or encoding trick can
 //!   leave it; [`sandbox::DirPath::open`] is the single place where the
-//!   process turns a path into a directory handle (`ambient_authority()`
-//!   appears once in the crate);
+//!   process turns a path into a directory handle (cap-std's ambient
+//!   authority is asked for once in the crate);
 //! * a backup id is a parsed [`BackupId`](backup_id::BackupId): nothing
 //!   downstream ever sees the raw string;
 //! * secrets are stored salted and hashed and compared in constant time, with
