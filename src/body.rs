@@ -150,7 +150,8 @@ impl FileBody {
             start,
             len,
             sent: 0,
-            home: Arc::new(BufferHome::default()),
+            // A small backup gets a buffer its size, not a whole chunk.
+            home: Arc::new(BufferHome::new(len.min(READ_CHUNK_BYTES as u64) as usize)),
             in_flight: None,
             nowait: true,
             on_end: Some(on_end),
@@ -246,8 +247,9 @@ impl Drop for FileBody {
 }
 
 /// Where a download's one chunk buffer lives while no frame or read holds it.
-#[derive(Default)]
 struct BufferHome {
+    /// Size of the buffer: a chunk, or the whole body if smaller.
+    size: usize,
     /// `None` at first (allocated on first use, so a HEAD or an error never
     /// pays for it) and while the buffer is out.
     state: Mutex<HomeState>,
@@ -263,12 +265,19 @@ struct HomeState {
 }
 
 impl BufferHome {
+    fn new(size: usize) -> Self {
+        BufferHome {
+            size,
+            state: Mutex::default(),
+        }
+    }
+
     /// The buffer, or `None` (and a wake-up registered) while a frame holds it.
     fn take(&self, cx: &Context<'_>) -> Option<Vec<u8>> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if !state.made {
             state.made = true;
-            return Some(vec![0; READ_CHUNK_BYTES]);
+            return Some(vec![0; self.size]);
         }
         let buf = state.buf.take();
         if buf.is_none() {

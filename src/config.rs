@@ -18,9 +18,10 @@ pub const CREDENTIALS_FILE_NAME: &str = "credentials";
 pub const STORAGE_DIR_NAME: &str = "backups";
 
 /// Most connections served at once. Each costs a socket, a task and, while
-/// it downloads, one read buffer ([`READ_CHUNK_BYTES`]); 4,096 keeps a fleet's nightly burst served
-/// while bounding memory and file descriptors (the default soft limit of
-/// open files is often 1,024, so raise it for more).
+/// it downloads, one read buffer of at most [`READ_CHUNK_BYTES`]; 4,096
+/// keeps a fleet's nightly burst served while bounding memory and file
+/// descriptors (the default soft limit of open files is often 1,024, so
+/// raise it for more).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 /// Time a client has to send a complete request head, and also how long an
