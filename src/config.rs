@@ -18,9 +18,10 @@ pub const CREDENTIALS_FILE_NAME: &str = "credentials";
 pub const STORAGE_DIR_NAME: &str = "backups";
 
 /// Most connections served at once. Each costs a socket, a task and, while
-/// it downloads, two read buffers; 4,096 keeps a fleet's nightly burst served
-/// while bounding memory and file descriptors (the default soft limit of
-/// open files is often 1,024, so raise it for more).
+/// it downloads, one read buffer of at most [`READ_CHUNK_BYTES`]; 4,096
+/// keeps a fleet's nightly burst served while bounding memory and file
+/// descriptors (the default soft limit of open files is often 1,024, so
+/// raise it for more).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 /// Time a client has to send a complete request head, and also how long an
@@ -59,10 +60,20 @@ pub const CREDENTIALS_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// Value of `Retry-After` (seconds) on a 503: a few storage checks later.
 pub const RETRY_AFTER_SECONDS: u32 = 5;
 
-/// Bytes read from a backup file per chunk. Large enough that per-chunk
-/// overhead (a blocking-pool hop, a frame) vanishes next to the copy; small
-/// enough that a download holds at most two chunks of its own.
-pub const READ_CHUNK_BYTES: usize = 128 * 1024;
+/// Bytes read from a backup file per chunk, and so the size of the one
+/// buffer a download holds (see [`crate::body::FileBody`]): 64 concurrent
+/// downloads hold 12 MiB. Profiling showed the per-chunk cost is now a
+/// syscall or two, not a thread hop, so 128-256 KiB measured alike on
+/// loopback (`bench/run.sh`); larger ones only multiply memory by the number
+/// of downloads. A multiple of the page size. (The >4 GiB test checks its
+/// markers across frame boundaries, so any size passes it.)
+pub const READ_CHUNK_BYTES: usize = 192 * 1024;
+
+/// How far ahead of a download that missed the page cache the blocking pool
+/// asks the kernel to read (`POSIX_FADV_WILLNEED`). Page cache, not process
+/// memory: a few disk requests in flight keep a cold restore streaming
+/// while costing one blocking-pool hop per stretch instead of per chunk.
+pub const READ_AHEAD_BYTES: u64 = 4 << 20;
 
 /// Most characters of a rejected id echoed back in a 400 body or a log line.
 pub const MAX_ECHOED_ID_CHARS: usize = 128;
