@@ -41,7 +41,10 @@ start_server() {
 start_server
 auth="Basic $(printf 'fw1:%s' "$secret" | base64 -w0)"
 bad_auth="Basic $(printf 'fw1:%s' "wrong" | base64 -w0)"
-rss() { awk '/VmRSS|VmHWM/ {printf "%s=%d MiB ", $1, $2/1024}' "/proc/$server_pid/status"; }
+# The server is a supervisor and its worker(s): memory is summed over both.
+server_pids() { echo "$server_pid" $(cat "/proc/$server_pid/task/$server_pid/children" 2>/dev/null); }
+rss() { for p in $(server_pids); do cat "/proc/$p/status"; done | awk '/VmRSS|VmHWM/ {kb[$1]+=$2} END {for (k in kb) printf "%s=%d MiB ", k, kb[k]/1024}'; }
+rss_now() { for p in $(server_pids); do cat "/proc/$p/status"; done | awk '/VmRSS/ {kb+=$2} END {print int(kb/1024)}'; }
 alive() { curl -s -o /dev/null -w '%{http_code}' -H "Authorization: $auth" "http://127.0.0.1:$port/api/systems/backups/$small"; }
 status=0
 
@@ -60,7 +63,7 @@ for _ in $(seq "$n"); do curl -s -o /dev/null -H "Authorization: $auth" "http://
 wait_pids=$(jobs -p | grep -v "^${server_pid}$" || true)
 peak=0
 while kill -0 $wait_pids 2>/dev/null; do
-  r=$(awk '/VmRSS/ {print int($2/1024)}' "/proc/$server_pid/status"); [ "$r" -gt "$peak" ] && peak=$r; sleep 0.2
+  r=$(rss_now); [ "$r" -gt "$peak" ] && peak=$r; sleep 0.2
 done
 wait $wait_pids 2>/dev/null || true
 echo "RESULT downloads=$n peak_rss_mib=$peak $(rss)"

@@ -53,6 +53,17 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 /// half the 2 s within which a removed or replaced root must be noticed.
 pub const STORAGE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Backlog of the listening sockets: connections the kernel completes and
+/// queues while every worker is busy, or while a new worker takes over
+/// from the previous one (std's default of 128 refuses a burst of a fleet's
+/// nightly pushes).
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// How often a worker whose sandbox does not cover the storage root in use
+/// (replaced, or missing at start-up) asks the supervisor again for a
+/// successor, if the last one did not start (see [`crate::supervise`]).
+pub const SUCCESSOR_RETRY_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How often the credentials file is re-read; half the 2 s within which a
 /// `systems add` or `remove` must take effect on a running server.
 pub const CREDENTIALS_CHECK_INTERVAL: Duration = Duration::from_millis(500);

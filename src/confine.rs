@@ -11,11 +11,13 @@
 //!
 //! Everything else (no exec, no other files, no device nodes, no symlink or
 //! FIFO creation) is denied. Rules attach to directories as they are when
-//! the rule is made: after the storage root is *replaced*, downloads keep
-//! working through the parent's read rule, but uploads and deletes in the
-//! new root are denied (answered 503 and logged) until a restart applies
-//! the sandbox to it. Must run before any other thread exists: Landlock
-//! restricts the calling thread and the threads it creates later.
+//! the rule is made, and a sandbox can only narrow: after the storage root
+//! is *replaced* (or appears after start-up), downloads keep working through
+//! the parent's read rule, and the worker asks its supervisor for a
+//! successor sandboxed to the new root ([`crate::supervise`]); until that
+//! one serves (milliseconds), uploads and deletes there are denied
+//! (answered 503 and logged). Must run before any other thread exists:
+//! Landlock restricts the calling thread and the threads it creates later.
 
 use cap_std::fs::Dir;
 use landlock::{
@@ -36,9 +38,36 @@ pub struct Allowed {
     pub read: Vec<Dir>,
 }
 
-/// Applies the rules; returns a one-line description of what the kernel
-/// enforced, for the log.
-pub fn apply(allowed: &Allowed) -> Result<&'static str, String> {
+/// What the kernel enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Every rule asked for.
+    Full,
+    /// The subset an older kernel supports.
+    Partial,
+    /// Nothing: a kernel without Landlock.
+    None,
+}
+
+impl Status {
+    /// Whether any rule is in force (then a replaced storage root needs a
+    /// new worker to be written to).
+    pub fn enforced(self) -> bool {
+        self != Status::None
+    }
+
+    /// One line for the log.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Status::Full => "fully enforced",
+            Status::Partial => "partially enforced (older kernel)",
+            Status::None => "not enforced (kernel without Landlock)",
+        }
+    }
+}
+
+/// Applies the rules to the calling process.
+pub fn apply(allowed: &Allowed) -> Result<Status, String> {
     let read = AccessFs::from_read(ABI_WANTED);
     let write = AccessFs::WriteFile
         | AccessFs::RemoveFile
@@ -62,8 +91,8 @@ pub fn apply(allowed: &Allowed) -> Result<&'static str, String> {
     }
     let status = ruleset.restrict_self().map_err(|e| e.to_string())?;
     Ok(match status.ruleset {
-        RulesetStatus::FullyEnforced => "fully enforced",
-        RulesetStatus::PartiallyEnforced => "partially enforced (older kernel)",
-        RulesetStatus::NotEnforced => "not enforced (kernel without Landlock)",
+        RulesetStatus::FullyEnforced => Status::Full,
+        RulesetStatus::PartiallyEnforced => Status::Partial,
+        RulesetStatus::NotEnforced => Status::None,
     })
 }

@@ -6,18 +6,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backupd::config::{
-    self, CREDENTIALS_CHECK_INTERVAL, CREDENTIALS_FILE_NAME, Policy, STORAGE_CHECK_INTERVAL,
-    STORAGE_DIR_NAME, ServeConfig,
+    self, CREDENTIALS_CHECK_INTERVAL, CREDENTIALS_FILE_NAME, LISTEN_BACKLOG, Policy,
+    STORAGE_CHECK_INTERVAL, STORAGE_DIR_NAME, SUCCESSOR_RETRY_INTERVAL, ServeConfig,
 };
 use backupd::confine;
 use backupd::credentials::{CredentialStore, CredentialsFile};
 use backupd::routes::App;
 use backupd::sandbox::{DirPath, FilePath};
 use backupd::server::{self, Limits};
-use backupd::store::BackupStore;
+use backupd::store::{BackupStore, RootIdentity};
+use backupd::supervise::{self, Supervisor};
 use backupd::systems::{self, Locations};
 use backupd::tls::Tls;
 use clap::{Args, Parser, Subcommand};
@@ -222,25 +223,108 @@ fn manage(locations: &Locations, command: SystemsCommand) -> ExitCode {
 }
 
 fn serve(config: ServeConfig) -> ExitCode {
+    let listeners = match Listeners::bind(&config) {
+        Ok(listeners) => listeners,
+        Err(message) => {
+            tracing::error!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = if config.self_sandbox {
+        // One sandboxed worker per storage root, under an unconfined
+        // supervisor that holds the sockets (see `supervise`). Nothing here
+        // has started a thread yet, as `supervise::run` requires.
+        supervise::run(listeners, &|supervisor, listeners| {
+            worker(&config, listeners, Some(supervisor))
+        })
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot start the supervisor");
+            1
+        })
+    } else {
+        tracing::warn!("self-sandbox disabled by --no-self-sandbox");
+        worker(&config, listeners, None)
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// The sockets, bound once (by the supervisor, when there is one) and
+/// shared by every worker.
+struct Listeners {
+    public: std::net::TcpListener,
+    admin: Option<std::net::TcpListener>,
+}
+
+impl Listeners {
+    fn bind(config: &ServeConfig) -> Result<Self, String> {
+        let public = bind(config.listen)?;
+        let admin = match config.admin_listen {
+            None => None,
+            Some(admin) => {
+                let local = public.local_addr().map_err(|e| e.to_string())?;
+                // Port 0 asks for a fresh port, which can never be the public one.
+                if admin.port() != 0 && (admin == config.listen || admin == local) {
+                    return Err(format!(
+                        "--admin-listen {admin} must differ from the public --listen"
+                    ));
+                }
+                Some(bind(admin)?)
+            }
+        };
+        Ok(Listeners { public, admin })
+    }
+}
+
+/// A non-blocking listening socket on `addr`, with a backlog of
+/// [`LISTEN_BACKLOG`].
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, String> {
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| {
+            rustix::net::listen(&l, LISTEN_BACKLOG)?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    Ok(listener)
+}
+
+/// A worker whose sandbox covers one storage root, and so needs a successor
+/// when the root is replaced.
+#[derive(Clone, Copy)]
+struct Succession {
+    supervisor: Supervisor,
+    /// The storage root the sandbox allows writes in, if it was there.
+    confined_to: Option<RootIdentity>,
+}
+
+/// Serves on `listeners` until SIGTERM or SIGINT; returns the exit code.
+fn worker(config: &ServeConfig, listeners: Listeners, supervisor: Option<Supervisor>) -> i32 {
     let fail = |message: String| {
         tracing::error!("{message}");
-        ExitCode::FAILURE
+        1
     };
     // Everything that touches the filesystem by path happens here, before
     // the self-sandbox and before any other thread exists.
-    let (app, tls) = match prepare(&config) {
+    let (app, tls) = match prepare(config) {
         Ok(prepared) => prepared,
         Err(message) => return fail(message),
     };
-    if config.self_sandbox {
-        match confine::apply(&allowed_dirs(&config, &app, tls.as_deref())) {
-            Ok(status) => tracing::info!("self-sandbox (Landlock): {status}"),
+    let mut succession = None;
+    if let Some(supervisor) = supervisor {
+        match confine::apply(&allowed_dirs(config, &app, tls.as_deref())) {
+            Ok(status) => {
+                tracing::info!("self-sandbox (Landlock): {}", status.describe());
+                if status.enforced() {
+                    succession = Some(Succession {
+                        supervisor,
+                        confined_to: app.store.identity(),
+                    });
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "self-sandbox (Landlock) could not be applied; running without it")
             }
         }
-    } else {
-        tracing::warn!("self-sandbox disabled by --no-self-sandbox");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -249,8 +333,11 @@ fn serve(config: ServeConfig) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
-    match runtime.block_on(serve_async(config, app, tls)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let served = runtime.block_on(serve_async(
+        config, listeners, app, tls, supervisor, succession,
+    ));
+    match served {
+        Ok(()) => 0,
         Err(message) => fail(message),
     }
 }
@@ -311,38 +398,33 @@ fn allowed_dirs(config: &ServeConfig, app: &App, tls: Option<&Tls>) -> confine::
 }
 
 async fn serve_async(
-    config: ServeConfig,
+    config: &ServeConfig,
+    listeners: Listeners,
     app: Arc<App>,
     tls: Option<Arc<Tls>>,
+    supervisor: Option<Supervisor>,
+    succession: Option<Succession>,
 ) -> Result<(), String> {
-    // Signal handlers go in before the socket is bound and "listening" is
-    // logged: until then SIGHUP and SIGTERM still have their default action,
-    // which kills the process, and a supervisor (or a test) may signal the
-    // moment it sees the server listening.
-    spawn_watchers(app.clone(), tls.clone())
+    // Signal handlers go in before "listening" is logged: until then SIGHUP
+    // and SIGTERM still have their default action, which kills the process,
+    // and a supervisor (or a test) may signal the moment it sees the server
+    // listening.
+    spawn_watchers(app.clone(), tls.clone(), succession)
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let adopt = |listener: std::net::TcpListener| {
+        TcpListener::from_std(listener).map_err(|e| format!("cannot use the listening socket: {e}"))
+    };
+    let listener = adopt(listeners.public)?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(
         "listening on {local}; storage {}; credentials {}",
         config.storage.display(),
         config.credentials.display()
     );
-
-    if let Some(admin) = config.admin_listen {
-        // Port 0 asks for a fresh port, which can never be the public one.
-        if admin.port() != 0 && (admin == config.listen || admin == local) {
-            return Err(format!(
-                "--admin-listen {admin} must differ from the public --listen"
-            ));
-        }
-        let admin_listener = TcpListener::bind(admin)
-            .await
-            .map_err(|e| format!("cannot listen on {admin}: {e}"))?;
+    if let Some(admin) = listeners.admin {
+        let admin_listener = adopt(admin)?;
         let admin_local = admin_listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!("admin endpoints (/metrics, /healthz, /readyz) on {admin_local}");
         tokio::spawn(backupd::admin::run(admin_listener, app.clone()));
@@ -351,6 +433,9 @@ async fn serve_async(
         max_connections: config.max_connections,
         grace_period: config.grace_period,
     };
+    if let Some(supervisor) = supervisor {
+        supervisor.ready();
+    }
     server::run(listener, app, tls, limits, shutdown).await;
     tracing::info!("stopped");
     Ok(())
@@ -358,15 +443,36 @@ async fn serve_async(
 
 /// Polls the storage root and the credentials file, and reloads the
 /// credentials (and the TLS certificate) at once on SIGHUP.
-fn spawn_watchers(app: Arc<App>, tls: Option<Arc<Tls>>) -> std::io::Result<()> {
+fn spawn_watchers(
+    app: Arc<App>,
+    tls: Option<Arc<Tls>>,
+    succession: Option<Succession>,
+) -> std::io::Result<()> {
     let mut hangup = signal(SignalKind::hangup())?;
     let storage_app = app.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(STORAGE_CHECK_INTERVAL);
+        let mut asked: Option<Instant> = None;
         loop {
             tick.tick().await;
             let app = storage_app.clone();
             let _ = tokio::task::spawn_blocking(move || app.store.refresh()).await;
+            // A root the sandbox does not cover (replaced, or missing at
+            // start-up): writes in it are denied until a successor serves.
+            let Some(succession) = succession else {
+                continue;
+            };
+            let now = storage_app.store.identity();
+            if now.is_some()
+                && now != succession.confined_to
+                && asked.is_none_or(|t| t.elapsed() >= SUCCESSOR_RETRY_INTERVAL)
+            {
+                tracing::warn!(
+                    "the self-sandbox covers the storage root as it was at start-up; asking for a worker sandboxed to the new one (uploads and deletes answer 503 until it serves)"
+                );
+                succession.supervisor.request_successor();
+                asked = Some(Instant::now());
+            }
         }
     });
     tokio::spawn(async move {

@@ -62,6 +62,14 @@ struct Root {
     ino: u64,
 }
 
+/// Which directory a storage root is (device and inode): a root replaced
+/// under the same path has a different identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RootIdentity {
+    dev: u64,
+    ino: u64,
+}
+
 /// The storage root, re-checked by [`BackupStore::refresh`] so a root that
 /// is missing at start-up, removed or replaced is noticed and recovered from
 /// without a restart.
@@ -103,6 +111,18 @@ impl BackupStore {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .is_some()
+    }
+
+    /// The identity of the root in use, if it is usable.
+    pub fn identity(&self) -> Option<RootIdentity> {
+        self.root
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|root| RootIdentity {
+                dev: root.dev,
+                ino: root.ino,
+            })
     }
 
     /// Re-opens the root by path and swaps it in if it is a different

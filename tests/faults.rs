@@ -153,19 +153,24 @@ async fn an_unreadable_storage_root_is_503_until_readable_again() {
     );
 }
 
-/// The root removed while a download streams: the download finishes from
-/// its open file; new requests get 503; a symlink loop in its place is 503
-/// too; putting it back serves again, all without a restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn storage_root_removed_mid_download_and_replaced_by_a_symlink_loop() {
-    use http_body_util::BodyExt;
+/// A server whose storage root is an explicit `mnt` directory, with fw1's
+/// 24 MiB backup (bytes `i % modulus`) there and a download of it started:
+/// the server, the root, fw1's credentials, the bytes and the body.
+async fn download_from_a_mount(
+    modulus: u32,
+) -> (
+    Server,
+    std::path::PathBuf,
+    String,
+    Vec<u8>,
+    hyper::body::Incoming,
+) {
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("mnt");
     std::fs::create_dir_all(storage.join("fw1")).unwrap();
     let server = Server::start_with(dir, &["--storage", storage.to_str().unwrap()]);
-    let secret = server.add_system("fw1");
-    let auth = basic("fw1", &secret);
-    let content: Vec<u8> = (0..(24u32 << 20)).map(|i| (i % 241) as u8).collect();
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let content: Vec<u8> = (0..(24u32 << 20)).map(|i| (i % modulus) as u8).collect();
     std::fs::write(storage.join("fw1").join(ID), &content).unwrap();
     let res = open(
         server.addr,
@@ -176,7 +181,16 @@ async fn storage_root_removed_mid_download_and_replaced_by_a_symlink_loop() {
     )
     .await;
     assert_eq!(res.status(), 200);
-    let mut body = res.into_body();
+    (server, storage, auth, content, res.into_body())
+}
+
+/// The root removed while a download streams: the download finishes from
+/// its open file; new requests get 503; a symlink loop in its place is 503
+/// too; putting it back serves again, all without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_root_removed_mid_download_and_replaced_by_a_symlink_loop() {
+    use http_body_util::BodyExt;
+    let (server, storage, auth, content, mut body) = download_from_a_mount(241).await;
     let mut got = within(STEP, body.frame())
         .await
         .unwrap()
@@ -501,4 +515,169 @@ async fn the_grace_period_bounds_shutdown_when_clients_stall() {
     assert!(got < len, "the whole body arrived");
     assert_eq!(within(STEP, half.read(&mut buf)).await.unwrap_or(0), 0);
     drop(server);
+}
+
+/// Uploads `body` until it is stored (a 503 is the only other answer
+/// allowed meanwhile); its id.
+async fn upload_until_stored(server: &Server, auth: &str, body: &[u8], limit: Duration) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let reply = upload(
+            server.addr,
+            Some(auth),
+            body.to_vec(),
+            &[("x-filename", "n.gpg")],
+        )
+        .await;
+        if reply.status.as_u16() == 201 {
+            return json(&reply)["data"]["id"].as_str().unwrap().to_string();
+        }
+        assert_eq!(
+            reply.status.as_u16(),
+            503,
+            "{}\n{}",
+            reply.text(),
+            server.log()
+        );
+        assert_unavailable(&reply);
+        assert!(
+            start.elapsed() < limit,
+            "no upload stored within {limit:?}\n{}",
+            server.log()
+        );
+        // (Slow enough to stay within the default 6 uploads a minute.)
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The storage root replaced while running (a remount, a restore): the
+/// self-sandbox is applied afresh to the new root by a new worker, so
+/// uploads and deletes work there again without a restart, while the old
+/// worker finishes its in-flight download. (Landlock rules attach to the
+/// directory as it was; before the supervisor, writes stayed denied here
+/// until a restart.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_storage_root_takes_uploads_and_deletes_without_a_restart() {
+    use http_body_util::BodyExt;
+    let (server, storage, auth, content, mut body) = download_from_a_mount(251).await;
+    let sandboxed = server
+        .log()
+        .contains("self-sandbox (Landlock): fully enforced");
+    let first_worker = server.workers();
+    assert_eq!(first_worker.len(), 1);
+    let mut got = Vec::new();
+
+    std::fs::rename(&storage, server.data().join("old-mount")).unwrap();
+    std::fs::create_dir_all(storage.join("fw1")).unwrap();
+    // Until the watcher notices (within 2 s), uploads still go to the old
+    // directory, as downloads still come from it.
+    assert!(
+        server.wait_for_log("storage root was replaced", Duration::from_secs(2)),
+        "{}",
+        server.log()
+    );
+    let id =
+        upload_until_stored(&server, &auth, b"into the new root", Duration::from_secs(4)).await;
+    assert_eq!(
+        std::fs::read(storage.join("fw1").join(&id)).unwrap(),
+        b"into the new root"
+    );
+    // The in-flight download, still on the old worker, ends whole.
+    while let Some(frame) = within(STEP, body.frame()).await {
+        got.extend_from_slice(&frame.unwrap().into_data().unwrap());
+    }
+    assert!(got == content, "the in-flight download changed");
+
+    let reply = get(server.addr, "/api/systems/backups", Some(&auth)).await;
+    assert_eq!(json(&reply)["data"]["backups"][0]["id"], id.as_str());
+    let reply = request(
+        server.addr,
+        hyper::Method::DELETE,
+        &backup_path(&id),
+        Some(&auth),
+    )
+    .await;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.text());
+    assert!(!storage.join("fw1").join(&id).exists());
+
+    // Same server process; under Landlock, a new worker now serves.
+    let mut server = server;
+    assert!(server.child.try_wait().unwrap().is_none());
+    if sandboxed {
+        assert!(
+            server.log().contains("new worker serves"),
+            "{}",
+            server.log()
+        );
+        let start = std::time::Instant::now();
+        while server.workers() == first_worker || server.workers().len() != 1 {
+            assert!(
+                start.elapsed() < STEP,
+                "old worker still running: {:?}",
+                server.workers()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // SIGTERM still stops the whole service cleanly.
+    server.signal(15);
+    let code = tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+/// A storage root missing at start-up (an explicit mount point not mounted
+/// yet) takes uploads once it appears, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storage_root_missing_at_start_takes_uploads_once_it_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("mnt");
+    let server = Server::start_with(dir, &["--storage", storage.to_str().unwrap()]);
+    std::fs::create_dir_all(storage.join("fw1")).unwrap();
+    let auth = basic("fw1", &server.add_system("fw1"));
+    assert!(
+        server.wait_for_log("storage root is available", Duration::from_secs(2)),
+        "{}",
+        server.log()
+    );
+    let id = upload_until_stored(&server, &auth, b"after the mount", Duration::from_secs(4)).await;
+    let reply = get(server.addr, &backup_path(&id), Some(&auth)).await;
+    assert_eq!(&reply.body[..], b"after the mount");
+}
+
+/// The supervisor and its worker end together: a worker that dies stops
+/// the service with a failure (so systemd restarts it), and a supervisor
+/// killed outright takes its worker with it (no orphan keeps serving).
+#[tokio::test]
+async fn the_supervisor_and_its_worker_end_together() {
+    let mut server = Server::start();
+    let Some(&worker) = server.workers().first() else {
+        return; // no supervisor: nothing to check
+    };
+    server.signal_worker(9);
+    let code = tokio::task::spawn_blocking(move || {
+        let code = server.wait_exit(Duration::from_secs(5));
+        (code, server.log())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, Some(1), "{}", code.1);
+    assert!(code.1.contains("worker killed by a signal"), "{}", code.1);
+    assert!(!std::path::Path::new(&format!("/proc/{worker}")).exists());
+
+    let server = Server::start();
+    let worker = server.workers()[0];
+    let addr = server.addr;
+    server.signal(9);
+    let start = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_ok()
+        || std::path::Path::new(&format!("/proc/{worker}/status")).exists()
+            && !std::fs::read_to_string(format!("/proc/{worker}/status"))
+                .unwrap_or_default()
+                .contains("State:\tZ")
+    {
+        assert!(start.elapsed() < STEP, "the worker outlived its supervisor");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

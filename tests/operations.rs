@@ -264,9 +264,11 @@ async fn the_self_sandbox_is_reported_and_everything_works_under_it() {
         .log()
         .contains("self-sandbox (Landlock): fully enforced")
     {
-        // restrict_self also sets no_new_privs on the whole process.
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+        // The server runs in one worker under the supervisor, and
+        // restrict_self also sets no_new_privs on the whole worker.
+        let workers = server.workers();
+        assert_eq!(workers.len(), 1, "{workers:?}");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", workers[0])).unwrap();
         assert!(
             status
                 .lines()
@@ -307,6 +309,8 @@ async fn the_self_sandbox_is_reported_and_everything_works_under_it() {
     assert!(!server.log().contains("storage error"), "{}", server.log());
 
     // --no-self-sandbox turns it off, and says so.
+    // (and runs in one process, without a supervisor).
     let off = Server::start_with(tempfile::tempdir().unwrap(), &["--no-self-sandbox"]);
     assert!(off.log().contains("self-sandbox disabled"), "{}", off.log());
+    assert_eq!(off.workers(), Vec::<u32>::new());
 }

@@ -207,6 +207,24 @@ impl Server {
         assert_eq!(rc, 0, "kill failed");
     }
 
+    /// The worker processes the supervisor runs (the server itself with
+    /// --no-self-sandbox, which has none).
+    pub fn workers(&self) -> Vec<u32> {
+        let pid = self.child.id();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|p| p.parse().unwrap())
+            .collect()
+    }
+
+    /// Sends `sig` to the one worker.
+    pub fn signal_worker(&self, sig: i32) {
+        let workers = self.workers();
+        assert_eq!(workers.len(), 1, "{workers:?}");
+        assert_eq!(unsafe_free_kill(workers[0], sig), 0, "kill failed");
+    }
+
     /// Waits for the process to exit; its exit code.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
         let start = Instant::now();

@@ -1,0 +1,331 @@
+//! The supervisor: a small parent process that holds the listening sockets
+//! and runs the server in a worker process, so that the self-sandbox can be
+//! applied afresh when the storage root is replaced.
+//!
+//! Landlock rules attach to a directory as it was when the rule was made,
+//! and a process can only ever narrow its own sandbox, never widen it. A
+//! worker confined to the old storage root therefore cannot be given write
+//! access to a new one without also being given its parent (which, in the
+//! default layout, holds the credentials file). Instead, the worker asks the
+//! supervisor for a successor: a new worker, forked from the unconfined
+//! supervisor, opens the new root and confines itself to it. Once it serves,
+//! the old worker stops accepting and finishes its downloads within the
+//! grace period. The listening sockets belong to the supervisor, so no
+//! connection is refused meanwhile: the kernel queues them until a worker
+//! accepts. Per-process state (rate-limit windows, metrics) starts afresh in
+//! the new worker.
+//!
+//! The supervisor never accepts a connection, reads a request or opens a
+//! file after start-up: it binds, forks, then only waits for signals:
+//!
+//! | signal | from | meaning |
+//! |---|---|---|
+//! | SIGTERM, SIGINT | operator | forwarded to every worker; exit when all are gone, with the serving worker's status |
+//! | SIGHUP | operator | forwarded to the serving worker (and to a starting one once it serves) |
+//! | SIGUSR1 | serving worker | "the storage root was replaced": start a successor |
+//! | SIGUSR2 | starting worker | "I serve now": the previous worker drains |
+//! | SIGCHLD | kernel | a worker ended; if it was the serving one, stop |
+//!
+//! It is single-threaded, which is what makes `fork` without `exec` sound
+//! (the child gets a consistent copy of the allocator and of every lock),
+//! and it handles signals by blocking them and waiting with `sigwaitinfo`,
+//! so workers start with default signal handling and no shared state.
+//!
+//! This is the crate's one module with `unsafe`: `fork`, the signal mask and
+//! `sigwaitinfo` have no safe wrapper. Each block says why it is sound.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, WaitOptions, WaitStatus};
+
+/// Shortest time between two successors started for a replaced storage
+/// root, so a root that flaps does not fork a worker per storage check.
+pub const MIN_RESPAWN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a worker uses to talk to its supervisor.
+#[derive(Debug, Clone, Copy)]
+pub struct Supervisor {
+    pid: Pid,
+}
+
+impl Supervisor {
+    /// Tells the supervisor this worker serves now (its predecessor, if any,
+    /// may drain).
+    pub fn ready(&self) {
+        self.send(Signal::USR2);
+    }
+
+    /// Asks the supervisor for a successor sandboxed to the storage root as
+    /// it is now.
+    pub fn request_successor(&self) {
+        self.send(Signal::USR1);
+    }
+
+    fn send(&self, signal: Signal) {
+        if let Err(e) = rustix::process::kill_process(self.pid, signal) {
+            tracing::error!(error = %e, "cannot signal the supervisor");
+        }
+    }
+}
+
+/// The signals the supervisor waits for, blocked in it (and unblocked again
+/// in each worker).
+fn supervised_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset and sigaddset only write the set passed to them,
+    // which is a plain value owned here; the signal numbers are valid.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGCHLD,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+        ] {
+            libc::sigaddset(&mut set, signal);
+        }
+        set
+    }
+}
+
+/// Sets the calling thread's signal mask; returns the previous one.
+fn set_mask(how: libc::c_int, set: &libc::sigset_t) -> io::Result<libc::sigset_t> {
+    // SAFETY: both pointers are to valid, initialised sigset_t values that
+    // outlive the call.
+    unsafe {
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        match libc::pthread_sigmask(how, set, &mut old) {
+            0 => Ok(old),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+}
+
+/// Waits for one of `set`'s signals; returns it and the sending process.
+fn wait_signal(set: &libc::sigset_t) -> io::Result<(libc::c_int, libc::pid_t)> {
+    loop {
+        // SAFETY: `set` is initialised and `info` is a zeroed siginfo_t the
+        // kernel fills; si_pid is meaningful for the signals we wait for
+        // (sent by kill(2), or SIGCHLD) and merely 0 otherwise.
+        let (signal, sender) = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let signal = libc::sigwaitinfo(set, &mut info);
+            (signal, info.si_pid())
+        };
+        if signal >= 0 {
+            return Ok((signal, sender));
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Forks a worker that runs `worker` with `held` and exits with its status.
+fn spawn<T>(
+    held: &mut Option<T>,
+    worker: &dyn Fn(Supervisor, T) -> i32,
+    parent_mask: &libc::sigset_t,
+    supervisor: Supervisor,
+) -> io::Result<Pid> {
+    // SAFETY: the supervisor is single-threaded (see `run`), so the child
+    // is a complete copy of a consistent process: no lock is held by a
+    // thread that does not exist in it.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if let Some(pid) = Pid::from_raw(pid) {
+        return Ok(pid);
+    }
+    // The worker. Die with the supervisor (a SIGKILLed supervisor must not
+    // leave a worker serving behind it), and take default signal handling
+    // back before the runtime installs its own.
+    let code = match rustix::process::set_parent_process_death_signal(Some(Signal::KILL)) {
+        Err(e) => {
+            tracing::error!(error = %e, "cannot tie the worker to the supervisor");
+            1
+        }
+        // The supervisor may have died before the line above.
+        Ok(()) if rustix::process::getppid() != Some(supervisor.pid) => 1,
+        // The child's own copy of `held`: taking it leaves the supervisor's.
+        Ok(()) => match (set_mask(libc::SIG_SETMASK, parent_mask), held.take()) {
+            (Ok(_), Some(held)) => worker(supervisor, held),
+            (_, None) => 1,
+            (Err(e), _) => {
+                tracing::error!(error = %e, "cannot restore the worker's signal mask");
+                1
+            }
+        },
+    };
+    std::process::exit(code)
+}
+
+/// How a worker ended, as an exit code (a worker killed by the signal the
+/// supervisor forwarded to stop it counts as a clean stop).
+fn exit_code(status: WaitStatus, stopping: bool) -> i32 {
+    if let Some(code) = status.exit_status() {
+        return code;
+    }
+    match status.terminating_signal() {
+        Some(libc::SIGTERM | libc::SIGINT) if stopping => 0,
+        Some(signal) => {
+            tracing::error!(signal, "worker killed by a signal");
+            1
+        }
+        None => 1,
+    }
+}
+
+/// The workers the supervisor knows of.
+struct Workers {
+    /// The one that serves.
+    serving: Pid,
+    /// A successor that has not said it serves yet.
+    starting: Option<Pid>,
+    /// Predecessors finishing their connections.
+    draining: Vec<Pid>,
+    /// A SIGHUP came while `starting` was starting: it gets one too.
+    hangup_pending: bool,
+    /// Set once SIGTERM or SIGINT arrived.
+    stopping: bool,
+    /// The serving worker's exit code, once it ended.
+    exit: Option<i32>,
+    /// When the last successor was started.
+    last_successor: Option<Instant>,
+}
+
+impl Workers {
+    fn all(&self) -> impl Iterator<Item = Pid> + '_ {
+        std::iter::once(self.serving)
+            .filter(|_| self.exit.is_none())
+            .chain(self.starting)
+            .chain(self.draining.iter().copied())
+    }
+
+    fn signal_all(&self, signal: Signal) {
+        for pid in self.all() {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+
+    /// Reaps every ended worker.
+    fn reap(&mut self) {
+        while let Ok(Some((pid, status))) = rustix::process::waitpid(None, WaitOptions::NOHANG) {
+            if pid == self.serving && self.exit.is_none() {
+                let code = exit_code(status, self.stopping);
+                self.exit = Some(code);
+                if !self.stopping {
+                    // It stopped on its own (a fatal error, already logged):
+                    // so does the service, and the others go too.
+                    tracing::error!(pid = pid.as_raw_pid(), code, "worker exited; stopping");
+                    self.stopping = true;
+                    self.signal_all(Signal::TERM);
+                }
+            } else if Some(pid) == self.starting {
+                self.starting = None;
+                tracing::error!(
+                    pid = pid.as_raw_pid(),
+                    code = exit_code(status, self.stopping),
+                    "new worker failed to start; the current one keeps serving"
+                );
+            } else {
+                self.draining.retain(|&p| p != pid);
+            }
+        }
+    }
+}
+
+/// Runs `worker` in a supervised child process until SIGTERM or SIGINT
+/// (forwarded to it), starting successors on request; returns the serving
+/// worker's exit code. Each worker gets its own copy of `held` (the
+/// listening sockets); the supervisor closes its copy when it stops, so new
+/// connections are refused from then on rather than queued for nobody.
+/// Must be called while the process has one thread.
+pub fn run<T>(held: T, worker: &dyn Fn(Supervisor, T) -> i32) -> io::Result<i32> {
+    let mut held = Some(held);
+    let set = supervised_signals();
+    let parent_mask = set_mask(libc::SIG_BLOCK, &set)?;
+    let supervisor = Supervisor {
+        pid: rustix::process::getpid(),
+    };
+    let first = spawn(&mut held, worker, &parent_mask, supervisor)?;
+    let mut workers = Workers {
+        serving: first,
+        starting: None,
+        draining: Vec::new(),
+        hangup_pending: false,
+        stopping: false,
+        exit: None,
+        last_successor: None,
+    };
+    loop {
+        if workers.exit.is_some() && workers.all().next().is_none() {
+            return Ok(workers.exit.unwrap_or(1));
+        }
+        let (signal, sender) = wait_signal(&set)?;
+        let from = |pid: Pid| sender == pid.as_raw_pid();
+        match signal {
+            libc::SIGTERM | libc::SIGINT => {
+                workers.stopping = true;
+                drop(held.take());
+                workers.signal_all(if signal == libc::SIGINT {
+                    Signal::INT
+                } else {
+                    Signal::TERM
+                });
+            }
+            libc::SIGHUP => {
+                if workers.exit.is_none() {
+                    let _ = rustix::process::kill_process(workers.serving, Signal::HUP);
+                }
+                workers.hangup_pending = workers.starting.is_some();
+            }
+            libc::SIGUSR1 if from(workers.serving) => {
+                if workers.stopping
+                    || workers.starting.is_some()
+                    || workers
+                        .last_successor
+                        .is_some_and(|t| t.elapsed() < MIN_RESPAWN_INTERVAL)
+                {
+                    continue;
+                }
+                workers.last_successor = Some(Instant::now());
+                match spawn(&mut held, worker, &parent_mask, supervisor) {
+                    Ok(pid) => {
+                        tracing::info!(
+                            pid = pid.as_raw_pid(),
+                            "starting a worker sandboxed to the new storage root"
+                        );
+                        workers.starting = Some(pid);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot start a new worker"),
+                }
+            }
+            libc::SIGUSR2 if workers.starting.is_some_and(from) => {
+                let Some(new) = workers.starting.take() else {
+                    continue;
+                };
+                let old = std::mem::replace(&mut workers.serving, new);
+                tracing::info!(
+                    serving = workers.serving.as_raw_pid(),
+                    draining = old.as_raw_pid(),
+                    "new worker serves; the previous one finishes its connections"
+                );
+                let _ = rustix::process::kill_process(old, Signal::TERM);
+                workers.draining.push(old);
+                if std::mem::take(&mut workers.hangup_pending) {
+                    let _ = rustix::process::kill_process(workers.serving, Signal::HUP);
+                }
+            }
+            libc::SIGCHLD => workers.reap(),
+            _ => {}
+        }
+    }
+}
