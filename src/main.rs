@@ -423,12 +423,24 @@ async fn serve_async(
         config.storage.display(),
         config.credentials.display()
     );
+    let mut admin_task = None;
     if let Some(admin) = listeners.admin {
         let admin_listener = adopt(admin)?;
         let admin_local = admin_listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!("admin endpoints (/metrics, /healthz, /readyz) on {admin_local}");
-        tokio::spawn(backupd::admin::run(admin_listener, app.clone()));
+        admin_task = Some(tokio::spawn(backupd::admin::run(
+            admin_listener,
+            app.clone(),
+        )));
     }
+    // A stopping worker stops answering probes and scrapes at once, so a
+    // successor's metrics and readiness are the only ones on the socket.
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(task) = admin_task {
+            task.abort();
+        }
+    };
     let limits = Limits {
         max_connections: config.max_connections,
         grace_period: config.grace_period,
