@@ -25,6 +25,9 @@ UPLOAD_TARGETS = {
 BIG_SOURCE = None  # the big file's path, set in main()
 BIG_ID = "01934fab-bc33-7890-a1b2-c3d4e5f6a7b8.bin"
 SMALL_ID = "01934fab-bc33-7890-a1b2-c3d4e5f6a7b9.bin"
+HUGE_ID = "01934fab-bc33-7890-a1b2-c3d4e5f6a7ba.bin"
+HUGE = 4 << 30        # the 4 GiB file of the second RSS figure (full mode)
+HUGE_SECONDS = 20     # its downloads are cut after this long
 
 
 def free_port():
@@ -107,21 +110,31 @@ def wrk(url, auth_header):
     out = subprocess.run(["wrk", "-t2", "-c64", f"-d{WRK_SECONDS}s", "--latency", "-H", f"Authorization: {auth_header}", url],
                          capture_output=True, text=True, timeout=120).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     def ms(label):
         v, unit = re.search(rf"\s{label}%\s+([\d.]+)(us|ms|s)", out).groups()
         return float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non2xx:
         raise SystemExit(f"{url}: {non2xx.group(1)} non-2xx responses")
-    return rps, ms("50"), ms("99")
+    return rps, ms("50"), ms("99"), requests
 
 
-def peak_rss(url, auth, root_pid, n):
+def peak_rss(url, auth, root_pid, n, limit=None):
+    """Peak summed RSS of the server during n concurrent downloads of url,
+    cut after `limit` seconds if given (memory that grew with the offset
+    would show well within that)."""
     procs = [subprocess.Popen(["curl", "-s", "-o", "/dev/null", "--user", auth, url]) for _ in range(n)]
-    peak = 0.0
+    peak, t0 = 0.0, time.monotonic()
     while any(p.poll() is None for p in procs):
         peak = max(peak, rss_mib(root_pid))
+        if limit and time.monotonic() - t0 > limit:
+            break
         time.sleep(0.1)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
     return peak
 
 
@@ -154,11 +167,21 @@ def measure(name, pid, base, auth_user, auth_header):
         multi.append(gbs)
     r["multi"] = statistics.median(multi)
     r["cpu"] = statistics.median(cpu)
-    runs = [wrk(small, auth_header) for _ in range(REPS)]
+    runs, cpu_req = [], []
+    for _ in range(REPS):
+        c0 = cpu_seconds(pid)
+        runs.append(wrk(small, auth_header))
+        cpu_req.append((cpu_seconds(pid) - c0) / runs[-1][3] * 1e6)
+    r["cpu_req"] = statistics.median(cpu_req)
     r["rps"] = statistics.median(x[0] for x in runs)
     r["p50"] = statistics.median(x[1] for x in runs)
     r["p99"] = statistics.median(x[2] for x in runs)
     r["rss"] = statistics.median(peak_rss(big, auth_user, pid, RSS_STREAMS) for _ in range(REPS))
+    if not QUICK:
+        # A fresh look at the same figure with a 4 GiB file: flat memory
+        # means the same peak.
+        r["rss_huge"] = statistics.median(
+            peak_rss(f"{base}/{HUGE_ID}", auth_user, pid, RSS_STREAMS, HUGE_SECONDS) for _ in range(REPS))
     if UPLOAD_TARGETS.get(name):
         target, method = UPLOAD_TARGETS[name](base)
         r["upload"] = statistics.median(upload(target(i), auth_user, BIG_SOURCE, method) for i in range(REPS))
@@ -179,6 +202,10 @@ def main():
                 f.write(block)
         with open(os.path.join(files, SMALL_ID), "wb") as f:
             f.write(os.urandom(64 << 10))
+        if not QUICK:
+            # Sparse: reading it fills the page cache with zeros, no disk.
+            with open(os.path.join(files, HUGE_ID), "wb") as f:
+                f.truncate(HUGE)
         for name in (BIG_ID, SMALL_ID):  # page-cache both
             with open(os.path.join(files, name), "rb") as f:
                 while f.read(1 << 24):
@@ -253,7 +280,7 @@ http {{
             root = os.path.join(work, "sws")
             # It refuses symlinks that leave its root: hard-link the same files.
             os.makedirs(os.path.join(root, "api", "systems", "backups"))
-            for name in (BIG_ID, SMALL_ID):
+            for name in (BIG_ID, SMALL_ID) + (() if QUICK else (HUGE_ID,)):
                 os.link(os.path.join(files, name), os.path.join(root, "api", "systems", "backups", name))
             p = subprocess.Popen([sws, "--host", "127.0.0.1", "--port", str(port), "--root", root, "--basic-auth", bcrypt,
                                   "--log-level", "error", "--compression", "false"], stdout=subprocess.DEVNULL)
@@ -279,8 +306,10 @@ def report(results):
         ("64 KiB + Basic auth, 64 conns (req/s)", "rps", True),
         ("  p50 latency (ms)", "p50", False),
         ("  p99 latency (ms)", "p99", False),
+        ("  CPU µs per 64 KiB request", "cpu_req", False),
         ("CPU seconds per GiB served (8 streams)", "cpu", False),
         (f"peak RSS, {RSS_STREAMS} concurrent big downloads (MiB)", "rss", False),
+        (f"peak RSS, {RSS_STREAMS} concurrent 4 GiB downloads, first {HUGE_SECONDS} s (MiB)", "rss_huge", False),
         ("upload of the big file (GB/s; backupd POST with fsync, nginx WebDAV PUT)", "upload", True),
     ]
     names = list(results)
