@@ -35,6 +35,15 @@ impl UploadRateLimiter {
         self.admit_at(system, Instant::now())
     }
 
+    /// Takes back the last admission of `system`: its upload failed through
+    /// no fault of its own.
+    pub fn refund(&self, system: &SystemName) {
+        let mut admitted = self.admitted.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(history) = admitted.get_mut(system) {
+            history.pop_back();
+        }
+    }
+
     fn admit_at(&self, system: &SystemName, now: Instant) -> Result<(), u64> {
         let mut admitted = self.admitted.lock().unwrap_or_else(|e| e.into_inner());
         let history = admitted.entry(system.clone()).or_default();

@@ -364,7 +364,27 @@ where
         .map_err(|retry_after_seconds| Error::RateLimited {
             retry_after_seconds,
         })?;
+    let stored = receive_and_store(app, req, &system, declared).await;
+    if stored.as_ref().is_err_and(|e| e.status().is_server_error()) {
+        // The server's fault (storage unavailable or full), not the
+        // system's: a retry after the outage must not meet a 429.
+        app.uploads.refund(&system);
+    }
+    stored
+}
 
+/// The part of an upload after admission: receive, verify, commit, prune.
+async fn receive_and_store<B>(
+    app: &App,
+    req: Request<B>,
+    system: &SystemName,
+    declared: u64,
+) -> Result<Response<Body>, Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let policy = app.policy;
     let uuid = uuid::Uuid::now_v7();
     let filename = upload::sanitize_filename(
         req.headers().get(X_FILENAME).map(HeaderValue::as_bytes),
@@ -377,9 +397,9 @@ where
 
     let partial = app
         .store
-        .begin_upload(&system)
+        .begin_upload(system)
         .await
-        .map_err(|e| storage_error(app, e, &system))?;
+        .map_err(|e| storage_error(app, e, system))?;
     let (partial, sha256) = upload::receive(req.into_body(), partial, declared, expected)
         .await
         .map_err(|e| match e {
@@ -391,26 +411,26 @@ where
                 tracing::warn!(system = %system, "upload checksum mismatch");
                 Error::ChecksumMismatch
             }
-            ReceiveError::Store(e) => storage_error(app, e, &system),
+            ReceiveError::Store(e) => storage_error(app, e, system),
         })?;
     let info = upload::new_info(id, filename, declared, sha256);
 
     // Commit and prune under the system's lock, so concurrent uploads (and
     // deletes) of one system leave a consistent directory.
-    let lock = app.store.system_lock(&system);
+    let lock = app.store.system_lock(system);
     let _guard = lock.lock().await;
-    check_quota(app, &system, declared).await?;
+    check_quota(app, system, declared).await?;
     let committed = info.clone();
     tokio::task::spawn_blocking(move || partial.commit(&committed))
         .await
         .unwrap_or_else(|e| Err(StoreError::Unavailable(std::io::Error::other(e))))
-        .map_err(|e| storage_error(app, e, &system))?;
+        .map_err(|e| storage_error(app, e, system))?;
     tracing::info!(system = %system, id = %id, size = declared, "backup stored");
     app.metrics.upload(declared);
     if policy.retention_count > 0 || policy.retention_bytes > 0 {
         match app
             .store
-            .prune(&system, id, policy.retention_count, policy.retention_bytes)
+            .prune(system, id, policy.retention_count, policy.retention_bytes)
             .await
         {
             Ok(pruned) => {

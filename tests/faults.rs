@@ -681,3 +681,47 @@ async fn the_supervisor_and_its_worker_end_together() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// An upload the server refuses through its own fault (storage root gone:
+/// 503) does not count against the system's upload rate limit: once the
+/// root is back, the retry is stored, not met with a 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_refused_for_a_storage_outage_do_not_count_against_the_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("mnt");
+    std::fs::create_dir_all(storage.join("fw1")).unwrap();
+    let server = Server::start_with(
+        dir,
+        &[
+            "--storage",
+            storage.to_str().unwrap(),
+            "--upload-rate-per-minute",
+            "1",
+        ],
+    );
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let moved = server.data().join("unmounted");
+    std::fs::rename(&storage, &moved).unwrap();
+    assert!(
+        server.wait_for_log("storage root is unavailable", Duration::from_secs(2)),
+        "{}",
+        server.log()
+    );
+    for _ in 0..3 {
+        let reply = upload(server.addr, Some(&auth), b"x".to_vec(), &[]).await;
+        assert_unavailable(&reply);
+    }
+    // The same directory comes back (so the same sandbox still covers it).
+    let returns = server.count_log("storage root is available");
+    std::fs::rename(&moved, &storage).unwrap();
+    let start = std::time::Instant::now();
+    while server.count_log("storage root is available") == returns {
+        assert!(start.elapsed() < Duration::from_secs(2), "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let reply = upload(server.addr, Some(&auth), b"stored".to_vec(), &[]).await;
+    assert_eq!(reply.status.as_u16(), 201, "{}", reply.text());
+    // The limit itself still holds: that was this minute's one upload.
+    let reply = upload(server.addr, Some(&auth), b"again".to_vec(), &[]).await;
+    assert_eq!(reply.status.as_u16(), 429, "{}", reply.text());
+}
