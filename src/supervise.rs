@@ -230,6 +230,9 @@ impl Workers {
                 }
             } else if Some(pid) == self.starting {
                 self.starting = None;
+                if self.stopping {
+                    continue;
+                }
                 tracing::error!(
                     pid = pid.as_raw_pid(),
                     code = exit_code(status, self.stopping),
