@@ -346,6 +346,19 @@ async fn storage_root_missing_is_503_until_it_appears() {
     assert!(err.contains("storage root"), "{err}");
     // ...so register the system with the credentials only, then check 503.
     std::fs::create_dir(&storage).unwrap();
+    // Under Landlock the root's appearance brings a new worker sandboxed to
+    // it; let it take over first, or the reload below may be logged by
+    // neither (the old one stops, the new one read the file at its start).
+    if server
+        .log()
+        .contains("self-sandbox (Landlock): fully enforced")
+    {
+        assert!(
+            server.wait_for_log("new worker serves", Duration::from_secs(2)),
+            "{}",
+            server.log()
+        );
+    }
     let reloads = server.count_log("credentials reloaded");
     let (code, secret, err) = cli(
         server.data(),

@@ -634,8 +634,10 @@ async fn a_storage_root_missing_at_start_takes_uploads_once_it_appears() {
     let dir = tempfile::tempdir().unwrap();
     let storage = dir.path().join("mnt");
     let server = Server::start_with(dir, &["--storage", storage.to_str().unwrap()]);
-    std::fs::create_dir_all(storage.join("fw1")).unwrap();
+    // Registered first: once the root appears, a new worker takes over (and
+    // reads the credentials at its start, with no "reloaded" line to wait for).
     let auth = basic("fw1", &server.add_system("fw1"));
+    std::fs::create_dir_all(storage.join("fw1")).unwrap();
     assert!(
         server.wait_for_log("storage root is available", Duration::from_secs(2)),
         "{}",
