@@ -25,6 +25,17 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
+/// The allocator. musl's takes a global lock and hands big blocks back to
+/// the kernel on every free: the static binary spent 3.5x the glibc build's
+/// CPU per 64 KiB download (page faults, TLB shootdowns, futex waits;
+/// `bench/RESULTS.md`). mimalloc (Microsoft's, widely used) brings the
+/// static binary level with glibc, and using it in both builds means the
+/// benchmarked binary allocates like the shipped one. Built without its
+/// "secure" mode (guard pages, encrypted free lists, about 10 % slower):
+/// that hardens against heap corruption, which safe Rust does not cause.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Keeps and serves encrypted backups for registered systems.
 #[derive(Parser)]
 #[command(name = "backupd", version, about)]
