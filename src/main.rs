@@ -33,6 +33,8 @@ use tokio::signal::unix::{SignalKind, signal};
 /// benchmarked binary allocates like the shipped one. Built without its
 /// "secure" mode (guard pages, encrypted free lists, about 10 % slower):
 /// that hardens against heap corruption, which safe Rust does not cause.
+/// And with `no_thp`: its arenas asked for transparent huge pages, which
+/// took the peak RSS of 8 concurrent downloads from 11 to 31 MiB.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
