@@ -14,6 +14,7 @@ use rustix::fs::Advice;
 use tokio::task::JoinHandle;
 
 use crate::config::{READ_AHEAD_BYTES, READ_CHUNK_BYTES};
+use crate::zerocopy::{self, Outbox};
 
 /// Called once when a streamed body ends: bytes delivered to hyper, and
 /// whether that was the whole file.
@@ -106,10 +107,14 @@ impl http_body::Body for Body {
 ///   the buffer is home by then; HTTP/2 may hold a frame longer, and the
 ///   body then waits for it instead of allocating another.
 ///
-/// Not chosen: `sendfile`/`splice` (hyper owns the socket writes and the
-/// framing; there is no way to hand it a file range), and `mmap` (a file
-/// truncated underneath turns a read into `SIGBUS`, and the crate forbids
-/// `unsafe`).
+/// * **Cached chunks over plain HTTP/1.1 are not read at all.** With an
+///   [`Outbox`], a chunk whose pages are all cached becomes a marker frame
+///   that the connection sends with `sendfile` ([`crate::zerocopy`] says
+///   why that is safe); no buffer is needed for it. Chunks that are not
+///   cached still come through the buffer, as above.
+///
+/// Not chosen: `mmap` (a file truncated underneath turns a read into
+/// `SIGBUS`).
 ///
 /// Reads are positional (`pread`) so the file offset is never shared state.
 /// If the file yields fewer bytes than promised (truncated while streaming),
@@ -130,6 +135,8 @@ pub struct FileBody {
     /// Whether to try `RWF_NOWAIT` reads; false once the filesystem said it
     /// cannot do them.
     nowait: bool,
+    /// The connection's zero-copy queue (plain HTTP/1.x only).
+    outbox: Option<Arc<Outbox>>,
     on_end: Option<OnEnd>,
 }
 
@@ -138,8 +145,15 @@ pub struct FileBody {
 type BlockingRead = JoinHandle<(Vec<u8>, usize, io::Result<()>)>;
 
 impl FileBody {
-    /// Streams `len` bytes of `file` starting at offset `start`.
-    pub fn new(file: std::fs::File, start: u64, len: u64, on_end: OnEnd) -> Self {
+    /// Streams `len` bytes of `file` starting at offset `start`; cached
+    /// chunks go through `outbox` without a copy, if there is one.
+    pub fn new(
+        file: std::fs::File,
+        start: u64,
+        len: u64,
+        outbox: Option<Arc<Outbox>>,
+        on_end: OnEnd,
+    ) -> Self {
         // Turns off the kernel's own readahead on this open file (a flag on
         // it, no I/O): left on, it runs inside the inline `RWF_NOWAIT` reads
         // and submits disk I/O from the async worker. Reading ahead is done
@@ -154,6 +168,7 @@ impl FileBody {
             home: Arc::new(BufferHome::new(len.min(READ_CHUNK_BYTES as u64) as usize)),
             in_flight: None,
             nowait: true,
+            outbox,
             on_end: Some(on_end),
         }
     }
@@ -207,11 +222,18 @@ impl FileBody {
             // Failed before: stay ended.
             return Poll::Ready(None);
         }
+        let want = (self.len - self.sent).min(READ_CHUNK_BYTES as u64) as usize;
+        let offset = self.start + self.sent;
+        if let Some(outbox) = &self.outbox
+            && zerocopy::cached(&self.file, offset, want as u64)
+        {
+            let frame = outbox.frame(self.file.clone(), offset, want);
+            self.sent += want as u64;
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
+        }
         let Some(mut buf) = self.home.take(cx) else {
             return Poll::Pending;
         };
-        let want = (self.len - self.sent).min(READ_CHUNK_BYTES as u64) as usize;
-        let offset = self.start + self.sent;
         let mut filled = 0;
         if self.nowait {
             match read_cached(&self.file, &mut buf[..want], offset) {

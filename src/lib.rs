@@ -34,6 +34,7 @@
 //! * [`tls`]: rustls, with the certificate reloaded on SIGHUP.
 //! * [`admin`]: the optional admin listener: `/metrics`, `/healthz`, `/readyz`.
 //! * [`body`]: response bodies; streams a backup with flat memory.
+//! * [`zerocopy`]: cached chunks sent with `sendfile` under hyper's framing.
 //! * [`error`]: the error enum and its JSON envelope.
 //! * [`routes`]: dispatch of (method, path) to handlers; the one place errors
 //!   become responses.
@@ -43,7 +44,8 @@
 //! * [`systems`]: the `backupd systems add|remove|list` commands.
 
 // Denied everywhere but `supervise`, whose fork and signal mask have no
-// safe wrapper; each of its `unsafe` blocks says why it is sound.
+// safe wrapper, and `zerocopy`, for `cachestat`, which neither rustix nor
+// libc wraps; each `unsafe` block says why it is sound.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -68,3 +70,4 @@ pub mod system_name;
 pub mod systems;
 pub mod tls;
 pub mod upload;
+pub mod zerocopy;

@@ -55,6 +55,7 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(Route, u16), u64>>,
     durations: Mutex<BTreeMap<Route, Histogram>>,
     bytes_sent: AtomicU64,
+    bytes_sent_zero_copy: AtomicU64,
     bytes_received: AtomicU64,
     auth_failures: AtomicU64,
     storage_errors: AtomicU64,
@@ -83,6 +84,13 @@ impl Metrics {
         }
         h.count += 1;
         h.sum += seconds;
+    }
+
+    /// Counts download bytes the kernel sent from the page cache
+    /// (`sendfile`) rather than through a buffer.
+    pub fn sent_zero_copy(&self, bytes: u64) {
+        self.bytes_sent_zero_copy
+            .fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Counts a failed authentication.
@@ -142,6 +150,12 @@ impl Metrics {
             "backupd_sent_bytes_total",
             "Response body bytes sent.",
             self.bytes_sent.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "backupd_sent_zero_copy_bytes_total",
+            "Download bytes sent from the page cache with sendfile, without a copy.",
+            self.bytes_sent_zero_copy.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

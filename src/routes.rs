@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use serde_json::json;
 
 use crate::auth;
@@ -33,6 +33,7 @@ use crate::ratelimit::UploadRateLimiter;
 use crate::store::{BackupStore, StoreError};
 use crate::system_name::SystemName;
 use crate::upload::{self, ReceiveError};
+use crate::zerocopy::Outbox;
 
 /// The collection of the caller's backups.
 pub const BACKUPS_PATH: &str = "/api/systems/backups";
@@ -109,13 +110,15 @@ impl RequestLog {
     }
 }
 
-/// Answers one request. Never fails: every error is a response.
+/// Answers one request. Never fails: every error is a response. `outbox`
+/// is the connection's zero-copy queue, for plain HTTP/1 connections.
 ///
 /// Generic over the request body so the whole-request fuzz target can drive
 /// it without a socket; the server passes hyper's `Incoming`.
 pub async fn handle<B>(
     app: Arc<App>,
     peer: SocketAddr,
+    outbox: Option<Arc<Outbox>>,
     req: Request<B>,
 ) -> Result<Response<Body>, Infallible>
 where
@@ -148,7 +151,10 @@ where
     } else if let Some(raw_id) = path.strip_prefix(BACKUP_PREFIX) {
         let raw_id = raw_id.to_owned();
         log.id = truncate_chars(&raw_id, MAX_ECHOED_ID_CHARS).to_owned();
-        item(&app, &req, &raw_id, &mut log).await
+        // Zero-copy frames are for HTTP/1 only: HTTP/2 copies its frames.
+        let outbox =
+            outbox.filter(|_| matches!(req.version(), Version::HTTP_10 | Version::HTTP_11));
+        item(&app, &req, &raw_id, outbox, &mut log).await
     } else {
         Err(Error::RouteNotFound)
     };
@@ -191,6 +197,7 @@ async fn item<B>(
     app: &App,
     req: &Request<B>,
     raw_id: &str,
+    outbox: Option<Arc<Outbox>>,
     log: &mut RequestLog,
 ) -> Result<Response<Body>, Error> {
     let method = req.method().clone();
@@ -204,7 +211,7 @@ async fn item<B>(
     if method == Method::DELETE {
         return delete(app, &system, id).await;
     }
-    download(app, req, &system, id, log).await
+    download(app, req, &system, id, outbox, log).await
 }
 
 fn authenticate<B>(app: &App, req: &Request<B>, log: &mut RequestLog) -> Result<SystemName, Error> {
@@ -242,6 +249,7 @@ async fn download<B>(
     req: &Request<B>,
     system: &SystemName,
     id: BackupId,
+    outbox: Option<Arc<Outbox>>,
     log: &RequestLog,
 ) -> Result<Response<Body>, Error> {
     let backup = app
@@ -292,6 +300,7 @@ async fn download<B>(
             backup.file,
             start,
             count,
+            outbox,
             Box::new(move |sent, complete| log.write(status, sent, complete)),
         ))
     };

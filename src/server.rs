@@ -3,17 +3,18 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -22,6 +23,7 @@ use crate::config::{
 };
 use crate::routes::{self, App};
 use crate::tls::Tls;
+use crate::zerocopy::{self, Outbox};
 
 /// How the accept loop limits its clients.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +58,11 @@ pub async fn run(
         .max_headers(MAX_HEADERS)
         // Caps the request head, and how much hyper queues for writing
         // before it asks the body for more.
-        .max_buf_size(MAX_HEADER_BYTES);
+        .max_buf_size(MAX_HEADER_BYTES)
+        // Queue body frames instead of copying them into one buffer: zero-
+        // copy markers must reach the socket wrapper as they are (a copied
+        // one would poison the connection, see `zerocopy`).
+        .writev(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -92,16 +98,20 @@ pub async fn run(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let last_activity = Arc::new(AtomicU64::new(clock.elapsed().as_millis() as u64));
+        // Zero-copy needs the plain socket: TLS would encrypt the markers.
+        let outbox = tls.is_none().then(|| Outbox::new(app_metrics.clone()));
         let io = ActivityIo {
             inner: stream,
             clock,
             last_activity: last_activity.clone(),
+            outbox: outbox.clone(),
         };
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         let metrics = app_metrics.clone();
         metrics.connections(1);
         tokio::spawn(async move {
-            let service = service_fn(move |req| routes::handle(app.clone(), peer, req));
+            let service =
+                service_fn(move |req| routes::handle(app.clone(), peer, outbox.clone(), req));
             let activity = (peer, clock, &*last_activity);
             match tls {
                 None => serve(&builder, watcher, io, service, activity).await,
@@ -188,18 +198,50 @@ async fn serve_until_idle<C, E>(
     }
 }
 
-/// A socket that records when a byte last moved through it.
+/// A socket that records when a byte last moved through it, and sends
+/// zero-copy frames (plain connections only).
 struct ActivityIo {
     inner: TcpStream,
     clock: Instant,
     /// Milliseconds since `clock` of the last read or write that moved bytes.
     last_activity: Arc<AtomicU64>,
+    /// The connection's zero-copy queue; `None` under TLS.
+    outbox: Option<Arc<Outbox>>,
 }
 
 impl ActivityIo {
     fn touch(&self) {
         let now = self.clock.elapsed().as_millis() as u64;
         self.last_activity.store(now, Ordering::Relaxed);
+    }
+
+    /// Writes `bufs` through the marker at `at` ([`Outbox::write`]) once
+    /// the socket is writable.
+    fn poll_write_zero_copy(
+        &mut self,
+        cx: &mut Context<'_>,
+        outbox: &Outbox,
+        bufs: &[io::IoSlice<'_>],
+        at: usize,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.inner.poll_write_ready(cx))?;
+            let socket = self.inner.as_fd();
+            match self
+                .inner
+                .try_io(Interest::WRITABLE, || outbox.write(socket, bufs, at))
+            {
+                Ok(n) => {
+                    if n > 0 {
+                        self.touch();
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                // Readiness was stale; `try_io` cleared it, so wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
@@ -224,6 +266,9 @@ impl AsyncWrite for ActivityIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.outbox.is_some() {
+            return self.poll_write_vectored(cx, &[io::IoSlice::new(buf)]);
+        }
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
@@ -236,6 +281,13 @@ impl AsyncWrite for ActivityIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(outbox) = self.outbox.clone() {
+            match zerocopy::find(bufs) {
+                Some(at) => return self.poll_write_zero_copy(cx, &outbox, bufs, at),
+                // A poisoned outbox may mean copied marker bytes in `bufs`.
+                None => outbox.check()?,
+            }
+        }
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();

@@ -8,24 +8,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use hyper::StatusCode;
 
-/// The admin address the server logged.
-fn admin_addr(server: &Server) -> std::net::SocketAddr {
-    assert!(
-        server.wait_for_log("admin endpoints", Duration::from_secs(5)),
-        "{}",
-        server.log()
-    );
-    let log = server.log();
-    let line = log.lines().find(|l| l.contains("admin endpoints")).unwrap();
-    line.rsplit(" on ")
-        .next()
-        .unwrap()
-        .trim_end_matches('"')
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Parses Prometheus text with the reference parser (`prometheus_client`,
 /// installed by .ci/run); returns `name{labels} value` lines, sorted.
 fn parse_prometheus(text: &str) -> Vec<String> {

@@ -308,7 +308,7 @@ fuzz_target!(|data: &[u8]| {
 
     let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let (status, headers, body) = f.runtime.block_on(async {
-        let response = routes::handle(f.app.clone(), peer, request).await.unwrap();
+        let response = routes::handle(f.app.clone(), peer, None, request).await.unwrap();
         let (parts, body) = response.into_parts();
         let body = body
             .collect()

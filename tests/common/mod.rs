@@ -292,6 +292,24 @@ impl Reply {
     }
 }
 
+/// The admin listener's address, from the server's start-up log line.
+pub fn admin_addr(server: &Server) -> std::net::SocketAddr {
+    assert!(
+        server.wait_for_log("admin endpoints", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    let line = log.lines().find(|l| l.contains("admin endpoints")).unwrap();
+    line.rsplit(" on ")
+        .next()
+        .unwrap()
+        .trim_end_matches('"')
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Sends one request on a fresh connection (HTTP/1.1, or HTTP/2 with prior
 /// knowledge) and returns the response with its body still streaming.
 pub async fn open(
