@@ -18,6 +18,16 @@ pub const MIMETYPE: &str = "application/octet-stream";
 /// Longest sidecar read: a 255-byte filename and a few fields fit easily.
 pub const MAX_SIDECAR_BYTES: u64 = 4096;
 
+/// How long a download trusts a sidecar an earlier download read, while the
+/// backup file itself is unchanged (same inode, size, mtime and ctime).
+/// backupd never rewrites a sidecar, so this only bounds how late a sidecar
+/// edited or added by hand is noticed.
+pub const SIDECAR_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Most sidecars remembered at once (a few hundred bytes each); at this
+/// many the cache starts afresh.
+pub const MAX_CACHED_SIDECARS: usize = 1024;
+
 /// A backup as the API describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupInfo {
