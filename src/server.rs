@@ -218,7 +218,7 @@ impl ActivityIo {
     /// Writes `bufs` through the marker at `at` ([`Outbox::write`]) once
     /// the socket is writable.
     fn poll_write_zero_copy(
-        &mut self,
+        &self,
         cx: &mut Context<'_>,
         outbox: &Outbox,
         bufs: &[io::IoSlice<'_>],
@@ -281,9 +281,9 @@ impl AsyncWrite for ActivityIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if let Some(outbox) = self.outbox.clone() {
+        if let Some(outbox) = &self.outbox {
             match zerocopy::find(bufs) {
-                Some(at) => return self.poll_write_zero_copy(cx, &outbox, bufs, at),
+                Some(at) => return self.poll_write_zero_copy(cx, outbox, bufs, at),
                 // A poisoned outbox may mean copied marker bytes in `bufs`.
                 None => outbox.check()?,
             }

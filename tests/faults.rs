@@ -95,7 +95,7 @@ async fn an_unreadable_storage_root_is_503_until_readable_again() {
     assert_eq!(code, 0, "{err}");
     let storage = dir.path().join("backups");
     std::fs::write(storage.join("fw1").join(ID), b"readable").unwrap();
-    let mut command = if running_as_root() {
+    let command = if running_as_root() {
         let chown = std::process::Command::new("chown")
             .arg("-R")
             .arg(format!("{NOBODY}:{NOBODY}"))
@@ -115,9 +115,7 @@ async fn an_unreadable_storage_root_is_503_until_readable_again() {
     } else {
         std::process::Command::new(bin())
     };
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path());
+    let command = serve_command(command, dir.path(), &[]);
     let server = Server::launch(dir, command).unwrap_or_else(|log| panic!("{log}"));
     let auth = basic("fw1", secret.trim());
     let reply = get(server.addr, &backup_path(ID), Some(&auth)).await;

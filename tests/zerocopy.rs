@@ -201,11 +201,11 @@ fn deny_cachestat(command: &mut std::process::Command) {
 #[tokio::test]
 async fn without_cachestat_downloads_are_copied_and_the_log_says_so_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut command = std::process::Command::new(bin());
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .args(["--admin-listen", "127.0.0.1:0"]);
+    let mut command = serve_command(
+        std::process::Command::new(bin()),
+        dir.path(),
+        &["--admin-listen", "127.0.0.1:0"],
+    );
     deny_cachestat(&mut command);
     let server = Server::launch(dir, command).unwrap_or_else(|log| panic!("{log}"));
     let admin = admin_addr(&server);

@@ -59,6 +59,16 @@ pub fn cli(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `command` (the binary, or a wrapper that runs it) given the arguments of
+/// a `backupd serve` on an ephemeral port over `dir`, plus `extra`.
+pub fn serve_command(mut command: Command, dir: &Path, extra: &[&str]) -> Command {
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(extra);
+    command
+}
+
 /// A running `backupd serve`.
 pub struct Server {
     pub dir: tempfile::TempDir,
@@ -75,11 +85,7 @@ impl Server {
 
     /// Starts a server on `dir` with extra arguments.
     pub fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Server {
-        let mut command = Command::new(bin());
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .args(extra);
+        let command = serve_command(Command::new(bin()), dir.path(), extra);
         Self::launch(dir, command).unwrap_or_else(|log| panic!("server did not start: {log}"))
     }
 
