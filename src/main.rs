@@ -16,7 +16,7 @@ use backupd::confine;
 use backupd::credentials::{CredentialStore, CredentialsFile};
 use backupd::routes::App;
 use backupd::sandbox::{DirPath, FilePath};
-use backupd::server::{self, Limits};
+use backupd::server::{self, Cores, Limits};
 use backupd::store::{BackupStore, RootIdentity};
 use backupd::supervise::{self, Supervisor};
 use backupd::systems::{self, Locations};
@@ -339,7 +339,10 @@ fn worker(config: &ServeConfig, listeners: Listeners, supervisor: Option<Supervi
             }
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // This thread's runtime runs the accept loop, signals and the admin
+    // endpoints, and serves its share of connections; `server::Cores`
+    // starts one more per further core.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -458,10 +461,14 @@ async fn serve_async(
         max_connections: config.max_connections,
         grace_period: config.grace_period,
     };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores =
+        Cores::start(cores - 1).map_err(|e| format!("cannot start the serving threads: {e}"))?;
+    tracing::debug!(threads = cores.threads(), "serving connections");
     if let Some(supervisor) = supervisor {
         supervisor.ready();
     }
-    server::run(listener, app, tls, limits, shutdown).await;
+    server::run(listener, cores, app, tls, limits, shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }
