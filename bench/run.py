@@ -151,42 +151,53 @@ def upload(url, auth, path, method):
     return int(size) / float(secs) / 1e9
 
 
-def measure(name, pid, base, auth_user, auth_header):
+def settle():
+    """Writes every dirty page out now. The kernel writes a dirty page back
+    about 30 s after it was dirtied, on its own threads: without this, the
+    1 GiB file made at the start would be written back while the first
+    server is measured, and nginx's unsynced uploads while the next one is."""
+    os.sync()
+    time.sleep(1)
+
+
+def sample(name, pid, base, auth_user, auth_header, rep):
+    """One repetition of every figure against one server."""
     big, small = f"{base}/{BIG_ID}", f"{base}/{SMALL_ID}"
     r = {}
-    singles = []
-    for _ in range(REPS):
-        size, secs = curl(big, auth_user)
-        singles.append(size / secs / 1e9)
-    r["single"] = statistics.median(singles)
-    multi, cpu = [], []
-    for _ in range(REPS):
-        c0 = cpu_seconds(pid)
-        gbs, moved = streams(big, auth_user, 8)
-        cpu.append((cpu_seconds(pid) - c0) / (moved / (1 << 30)))
-        multi.append(gbs)
-    r["multi"] = statistics.median(multi)
-    r["cpu"] = statistics.median(cpu)
-    runs, cpu_req = [], []
-    for _ in range(REPS):
-        c0 = cpu_seconds(pid)
-        runs.append(wrk(small, auth_header))
-        cpu_req.append((cpu_seconds(pid) - c0) / runs[-1][3] * 1e6)
-    r["cpu_req"] = statistics.median(cpu_req)
-    r["rps"] = statistics.median(x[0] for x in runs)
-    r["p50"] = statistics.median(x[1] for x in runs)
-    r["p99"] = statistics.median(x[2] for x in runs)
-    r["rss"] = statistics.median(peak_rss(big, auth_user, pid, RSS_STREAMS) for _ in range(REPS))
+    size, secs = curl(big, auth_user)
+    r["single"] = size / secs / 1e9
+    c0 = cpu_seconds(pid)
+    r["multi"], moved = streams(big, auth_user, 8)
+    r["cpu"] = (cpu_seconds(pid) - c0) / (moved / (1 << 30))
+    c0 = cpu_seconds(pid)
+    r["rps"], r["p50"], r["p99"], requests = wrk(small, auth_header)
+    r["cpu_req"] = (cpu_seconds(pid) - c0) / requests * 1e6
+    r["rss"] = peak_rss(big, auth_user, pid, RSS_STREAMS)
     if not QUICK:
         # A fresh look at the same figure with a 4 GiB file: flat memory
         # means the same peak.
-        r["rss_huge"] = statistics.median(
-            peak_rss(f"{base}/{HUGE_ID}", auth_user, pid, RSS_STREAMS, HUGE_SECONDS) for _ in range(REPS))
+        r["rss_huge"] = peak_rss(f"{base}/{HUGE_ID}", auth_user, pid, RSS_STREAMS, HUGE_SECONDS)
     if UPLOAD_TARGETS.get(name):
         target, method = UPLOAD_TARGETS[name](base)
-        r["upload"] = statistics.median(upload(target(i), auth_user, BIG_SOURCE, method) for i in range(REPS))
-    print(f"{name}: {r}", flush=True)
+        r["upload"] = upload(target(rep), auth_user, BIG_SOURCE, method)
+    print(f"{name}, repetition {rep + 1}: {r}", flush=True)
     return r
+
+
+def measure(servers, auth_user, auth_header):
+    """Every figure REPS times per server, medians. The servers take turns:
+    each repetition measures all of them, in an order rotated by one each
+    time, so that the machine's drift over the run (a shared VM's speed
+    moves by 10-20 % over minutes) lands on every server alike instead of
+    on whichever was measured in that stretch."""
+    samples = {name: [] for name, _, _ in servers}
+    for rep in range(REPS):
+        turn = servers[rep % len(servers):] + servers[:rep % len(servers)]
+        for name, pid, base in turn:
+            samples[name].append(sample(name, pid, base, auth_user, auth_header, rep))
+            settle()
+    return {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+            for name, runs in samples.items()}
 
 
 def main():
@@ -210,12 +221,13 @@ def main():
             with open(os.path.join(files, name), "rb") as f:
                 while f.read(1 << 24):
                     pass
+        settle()
         global BIG_SOURCE
         BIG_SOURCE = os.path.join(work, "upload-source.bin")
         os.link(os.path.join(files, BIG_ID), BIG_SOURCE)
         auth_user = f"{USER}:{secret}"
         auth_header = "Basic " + base64.b64encode(auth_user.encode()).decode()
-        results = {}
+        servers = []  # (name, pid, base URL), all serving at once
 
         # backupd
         port = free_port()
@@ -224,8 +236,7 @@ def main():
                              stderr=open(os.path.join(work, "backupd.log"), "w"), env={**os.environ, "RUST_LOG": "warn"})
         procs.append(p)
         wait_port(port)
-        results["backupd"] = measure("backupd", p.pid, f"http://127.0.0.1:{port}/api/systems/backups", auth_user, auth_header)
-        p.terminate(); p.wait()
+        servers.append(("backupd", p.pid, f"http://127.0.0.1:{port}/api/systems/backups"))
 
         # nginx: sendfile, Basic auth with a {SHA} htpasswd entry (one SHA-1
         # per request: as cheap as backupd's salted SHA-256).
@@ -269,8 +280,7 @@ http {{
         p = subprocess.Popen(["nginx", "-c", conf, "-p", work])
         procs.append(p)
         wait_port(port)
-        results["nginx"] = measure("nginx", p.pid, f"http://127.0.0.1:{port}/api/systems/backups", auth_user, auth_header)
-        p.terminate(); p.wait()
+        servers.append(("nginx", p.pid, f"http://127.0.0.1:{port}/api/systems/backups"))
 
         # static-web-server, if installed: its Basic auth takes bcrypt only.
         sws = shutil.which("static-web-server")
@@ -286,15 +296,21 @@ http {{
                                   "--log-level", "error", "--compression", "false"], stdout=subprocess.DEVNULL)
             procs.append(p)
             wait_port(port)
-            results["static-web-server"] = measure("static-web-server", p.pid, f"http://127.0.0.1:{port}/api/systems/backups", auth_user, auth_header)
-            p.terminate(); p.wait()
+            servers.append(("static-web-server", p.pid, f"http://127.0.0.1:{port}/api/systems/backups"))
         else:
             print("static-web-server not installed: skipped (bench/run.sh tries cargo install --locked static-web-server)")
-        report(results)
+        report(measure(servers, auth_user, auth_header))
     finally:
+        # SIGTERM first: a SIGKILLed nginx master leaves its workers behind.
         for p in procs:
             if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -315,7 +331,7 @@ def report(results):
     names = list(results)
     cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     lines = [f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, nproc {os.cpu_count()}, {cpu_model}, "
-             f"{'quick' if QUICK else 'full'} mode, median of {REPS}; ratio = server / nginx (same run).", "",
+             f"{'quick' if QUICK else 'full'} mode, median of {REPS} (servers take turns); ratio = server / nginx (same run).", "",
              "| figure | " + " | ".join(names) + " | " + " | ".join(f"{n}/nginx" for n in names if n != "nginx") + " |",
              "|---|" + "---|" * (2 * len(names) - 1)]
     for label, key, _higher_better in rows:
