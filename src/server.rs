@@ -415,6 +415,10 @@ mod tests {
         assert_eq!(ran_on[0], here, "the calling runtime takes the first turn");
         let turn: Vec<_> = ran_on[..3].to_vec();
         assert!(turn[1] != here && turn[2] != here && turn[1] != turn[2]);
-        assert_eq!(ran_on[3..], turn[..], "the same three threads, in the same order");
+        assert_eq!(
+            ran_on[3..],
+            turn[..],
+            "the same three threads, in the same order"
+        );
     }
 }
