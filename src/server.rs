@@ -50,10 +50,11 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// handed across threads, and a worker with nothing queued sleeps on a
 /// futex until another wakes it. On the 2-core benchmark machine that left
 /// 5-7 % of the CPU idle under a full 64 KiB load (nginx, one process per
-/// core: under 0.5 %), and per-core runtimes served about 8 % more
-/// requests per second (bench/RESULTS.md). Dealing in turn, rather than
-/// letting each thread accept for itself, keeps the count of connections
-/// even, so a few long downloads spread over the cores.
+/// core: under 0.5 %); runtimes per core, dealt to in turn, served 17 %
+/// more requests per second with 15 % less CPU each (bench/RESULTS.md).
+/// Dealing in turn, rather than letting each thread accept for itself,
+/// keeps the count of connections even, so a few long downloads spread
+/// over the cores (accepting on every thread left 8 streams 8 % slower).
 ///
 /// What it costs: a connection cannot move to an idle core. A core busy
 /// with many connections serves them more slowly even if another is idle;
