@@ -61,14 +61,54 @@ impl Status {
         match self {
             Status::Full => "fully enforced",
             Status::Partial => "partially enforced (older kernel)",
-            Status::None => "not enforced (kernel without Landlock)",
+            Status::None => "not enforced",
         }
+    }
+}
+
+/// What the read-only directories (and the storage root, besides writing)
+/// allow: reading files and listing directories, never `Execute`, which
+/// landlock's `from_read` includes: nothing backupd opens is a program.
+pub fn read_access() -> BitFlags<AccessFs> {
+    AccessFs::from_read(ABI_WANTED) & !BitFlags::from(AccessFs::Execute)
+}
+
+/// Why the kernel did not enforce the rules, asked of the kernel directly:
+/// the landlock crate reports "not enforced" alike for a kernel without
+/// Landlock and for a seccomp filter that refuses its system calls with
+/// `EPERM` (systemd 252's `@system-service` does not list them).
+pub fn why_not_enforced() -> &'static str {
+    // LANDLOCK_CREATE_RULESET_VERSION: asks for the ABI version, creates nothing.
+    const VERSION_FLAG: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag the
+    // call reads no memory and returns a number or an errno; no pointer
+    // outlives it.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            VERSION_FLAG,
+        )
+    };
+    if rc >= 0 {
+        return "the kernel has Landlock but refused the rules";
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EPERM) => {
+            "refused with EPERM, as a seccomp filter does (allow landlock_create_ruleset, landlock_add_rule and landlock_restrict_self)"
+        }
+        Some(libc::EOPNOTSUPP) => {
+            "Landlock is disabled in this kernel (boot with lsm=...,landlock)"
+        }
+        _ => "kernel without Landlock",
     }
 }
 
 /// Applies the rules to the calling process.
 pub fn apply(allowed: &Allowed) -> Result<Status, String> {
-    let read = AccessFs::from_read(ABI_WANTED);
+    let read = read_access();
     let write = AccessFs::WriteFile
         | AccessFs::RemoveFile
         | AccessFs::MakeReg
@@ -95,4 +135,16 @@ pub fn apply(allowed: &Allowed) -> Result<Status, String> {
         RulesetStatus::PartiallyEnforced => Status::Partial,
         RulesetStatus::NotEnforced => Status::None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_directory_is_granted_execute() {
+        let read = read_access();
+        assert!(!read.contains(AccessFs::Execute));
+        assert!(read.contains(AccessFs::ReadFile) && read.contains(AccessFs::ReadDir));
+    }
 }

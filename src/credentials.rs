@@ -24,11 +24,12 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt, PermissionsExt};
+use cap_std::fs::{OpenOptions, OpenOptionsExt, PermissionsExt};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
 use crate::sandbox::{DirPath, FilePath};
+use crate::store::sync_dir;
 use crate::system_name::SystemName;
 
 /// Bytes of random salt per system.
@@ -117,6 +118,8 @@ impl Credentials {
     /// Parses the file's bytes.
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
         let mut systems = HashMap::new();
+        // Names seen, lowercased: unique ignoring case.
+        let mut folded = std::collections::HashSet::new();
         for (index, raw) in bytes.split(|&b| b == b'\n').enumerate() {
             let fail = |reason| ParseError {
                 line: index + 1,
@@ -137,9 +140,15 @@ impl Credentials {
             let salt =
                 decode_fixed::<SALT_LEN>(salt).ok_or(fail("salt is not 16 bytes of base64url"))?;
             let hash = decode_fixed::<32>(hash).ok_or(fail("hash is not 32 bytes of base64url"))?;
-            if systems.insert(name, Verifier { salt, hash }).is_some() {
+            if systems.contains_key(&name) {
                 return Err(fail("duplicate system name"));
             }
+            if !folded.insert(name.as_str().to_ascii_lowercase()) {
+                return Err(fail(
+                    "system name differs from another only in case (one directory on a case-folding filesystem)",
+                ));
+            }
+            systems.insert(name, Verifier { salt, hash });
         }
         let dummy = Verifier::random().map_err(|_| ParseError {
             line: 0,
@@ -174,6 +183,12 @@ impl Credentials {
     /// Whether `name` is registered.
     pub fn contains(&self, name: &SystemName) -> bool {
         self.systems.contains_key(name)
+    }
+
+    /// The registered name equal to `name` ignoring ASCII case, if any: on
+    /// a case-folding filesystem the two would share one directory.
+    pub fn find_ignoring_case(&self, name: &SystemName) -> Option<&SystemName> {
+        self.systems.keys().find(|n| n.same_ignoring_case(name))
     }
 
     /// Registers `name` with a fresh secret, returned once: only its salted
@@ -308,12 +323,6 @@ impl CredentialsFile {
         let dir = self.file.dir().open(false)?;
         Ok(dir.metadata(self.file.name())?.permissions().mode() & 0o7777)
     }
-}
-
-/// Makes a rename in `dir` durable. The `Dir` handle itself may be an
-/// `O_PATH` descriptor, which cannot be fsynced: open the directory for reading.
-fn sync_dir(dir: &Dir) -> io::Result<()> {
-    dir.open(".")?.sync_all()
 }
 
 /// Why the credentials could not be loaded.
@@ -481,6 +490,7 @@ mod tests {
             (format!("{}\n", line.replacen('a', ".a", 1)), 1),
             (format!("{}x\n", line), 1),
             ("a:sha256:AAAA:AAAA\n".to_string(), 1),
+            (format!("{line}\n{}\n", line.replacen('a', "A", 1)), 2),
         ] {
             let err = Credentials::parse(text.as_bytes()).expect_err(&text);
             assert_eq!(err.line, line_no, "{text}");

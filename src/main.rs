@@ -153,9 +153,13 @@ struct ServeArgs {
 enum SystemsCommand {
     /// Register a system; prints its new secret, alone, on stdout.
     Add {
-        /// [A-Za-z0-9][A-Za-z0-9._-]{0,127}
+        /// [A-Za-z0-9][A-Za-z0-9._-]{0,127}; unique ignoring case.
         #[arg(allow_hyphen_values = true)]
         name: String,
+        /// Hand the backups an earlier system of this name left in its
+        /// directory to the new one (refused without it).
+        #[arg(long)]
+        adopt: bool,
     },
     /// Revoke a system's access; its backups stay on disk.
     Remove {
@@ -210,7 +214,7 @@ fn main() -> ExitCode {
 
 fn manage(locations: &Locations, command: SystemsCommand) -> ExitCode {
     let result = match command {
-        SystemsCommand::Add { name } => systems::add(locations, &name).map(|secret| {
+        SystemsCommand::Add { name, adopt } => systems::add(locations, &name, adopt).map(|secret| {
             println!("{secret}");
             eprintln!("added system {name}; its secret is printed above and is not stored anywhere: keep it now");
         }),
@@ -325,6 +329,14 @@ fn worker(config: &ServeConfig, listeners: Listeners, supervisor: Option<Supervi
     let mut succession = None;
     if let Some(supervisor) = supervisor {
         match confine::apply(&allowed_dirs(config, &app, tls.as_deref())) {
+            Ok(confine::Status::None) => {
+                let why = confine::why_not_enforced();
+                if why.starts_with("kernel without") {
+                    tracing::info!("self-sandbox (Landlock): not enforced ({why})");
+                } else {
+                    tracing::warn!("self-sandbox (Landlock): not enforced: {why}");
+                }
+            }
             Ok(status) => {
                 tracing::info!("self-sandbox (Landlock): {}", status.describe());
                 if status.enforced() {

@@ -99,7 +99,7 @@ impl RequestLog {
         tracing::info!(
             peer = %self.peer,
             method = %self.method,
-            id = ?self.id,
+            id = %self.id,
             system,
             status = status.as_u16(),
             bytes,
@@ -158,13 +158,31 @@ where
     } else {
         Err(Error::RouteNotFound)
     };
-    let response = response.unwrap_or_else(Error::into_response);
+    let mut response = response.unwrap_or_else(Error::into_response);
+    if log.method == Method::HEAD {
+        headers_only(&mut response);
+    }
     // A streamed body writes its own line when it ends.
     if !matches!(response.body(), Body::File(_)) {
         let bytes = http_body::Body::size_hint(response.body()).lower();
         log.write(response.status(), bytes, true);
     }
     Ok(response)
+}
+
+/// Turns a response into its answer to HEAD: the same status and headers
+/// (with the `Content-Length` a GET would get), and no body at all. hyper
+/// drops a HEAD's body over HTTP/1.1, but over HTTP/2 a body that is not
+/// empty keeps the stream open after HEADERS, which clients take for a
+/// protocol error; an empty one ends the stream with the headers.
+fn headers_only(response: &mut Response<Body>) {
+    let len = http_body::Body::size_hint(response.body()).exact();
+    if let (Some(len), false) = (len, response.headers().contains_key(header::CONTENT_LENGTH)) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    *response.body_mut() = Body::empty();
 }
 
 /// `/api/systems/backups`.
@@ -184,7 +202,11 @@ where
         }
         Method::POST => {
             let system = authenticate(app, &req, log)?;
-            upload(app, req, system).await
+            let stored = upload(app, req, system).await;
+            if let Ok((_, id)) = &stored {
+                log.id = id.to_string();
+            }
+            stored.map(|(response, _)| response)
         }
         _ => Err(Error::MethodNotAllowed {
             allow: COLLECTION_ALLOW,
@@ -350,7 +372,11 @@ async fn list(app: &App, system: &SystemName) -> Result<Response<Body>, Error> {
 /// `POST /api/systems/backups`: every limit is checked before the body is
 /// read; the body streams to a temporary file that becomes the backup only
 /// once complete, verified and durable.
-async fn upload<B>(app: &App, req: Request<B>, system: SystemName) -> Result<Response<Body>, Error>
+async fn upload<B>(
+    app: &App,
+    req: Request<B>,
+    system: SystemName,
+) -> Result<(Response<Body>, BackupId), Error>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -388,19 +414,13 @@ async fn receive_and_store<B>(
     req: Request<B>,
     system: &SystemName,
     declared: u64,
-) -> Result<Response<Body>, Error>
+) -> Result<(Response<Body>, BackupId), Error>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     let policy = app.policy;
-    let uuid = uuid::Uuid::now_v7();
-    let filename = upload::sanitize_filename(
-        req.headers().get(X_FILENAME).map(HeaderValue::as_bytes),
-        uuid,
-    );
-    let ext = upload::extension_for(req.headers().get(X_FILENAME).map(|_| filename.as_str()));
-    let id = BackupId::new(uuid, ext).expect("now_v7 is a version 7 RFC 4122 UUID");
+    let x_filename = req.headers().get(X_FILENAME).map(|v| v.as_bytes().to_vec());
     let expected =
         upload::expected_digest(req.headers().get(CONTENT_DIGEST).map(HeaderValue::as_bytes));
 
@@ -422,13 +442,20 @@ where
             }
             ReceiveError::Store(e) => storage_error(app, e, system),
         })?;
-    let info = upload::new_info(id, filename, declared, sha256);
-
     // Commit and prune under the system's lock, so concurrent uploads (and
     // deletes) of one system leave a consistent directory.
     let lock = app.store.system_lock(system);
     let _guard = lock.lock().await;
     check_quota(app, system, declared).await?;
+    // The id is taken now, under the lock, not when the upload started: the
+    // backup just stored is then always the newest by id, so retention
+    // never removes a backup newer than one it keeps (an upload that
+    // started first and finished last would otherwise prune the later one).
+    let uuid = uuid::Uuid::now_v7();
+    let filename = upload::sanitize_filename(x_filename.as_deref(), uuid);
+    let ext = upload::extension_for(x_filename.as_ref().map(|_| filename.as_str()));
+    let id = BackupId::new(uuid, ext).expect("now_v7 is a version 7 RFC 4122 UUID");
+    let info = upload::new_info(id, filename, declared, sha256);
     let committed = info.clone();
     tokio::task::spawn_blocking(move || partial.commit(&committed))
         .await
@@ -452,23 +479,36 @@ where
             Err(e) => tracing::error!(system = %system, error = ?e, "retention failed"),
         }
     }
-    Ok(json_response(
-        StatusCode::CREATED,
-        &json!({ "code": 201, "message": "backup stored", "data": info.to_json() }),
+    Ok((
+        json_response(
+            StatusCode::CREATED,
+            &json!({ "code": 201, "message": "backup stored", "data": info.to_json() }),
+        ),
+        id,
     ))
 }
 
-/// 413 if `incoming` more bytes would take `system` over its quota.
+/// 413 if `system` would be over its quota once a backup of `incoming`
+/// bytes is stored and retention has made what room it makes.
 async fn check_quota(app: &App, system: &SystemName, incoming: u64) -> Result<(), Error> {
-    let quota = app.policy.quota_bytes;
-    if quota == 0 {
+    let policy = app.policy;
+    if policy.quota_bytes == 0 {
         return Ok(());
     }
-    let used = match app.store.usage(system).await {
-        Err(StoreError::NotFound) => 0,
+    let used = match app
+        .store
+        .usage_after(
+            system,
+            incoming,
+            policy.retention_count,
+            policy.retention_bytes,
+        )
+        .await
+    {
+        Err(StoreError::NotFound) => incoming,
         other => other.map_err(|e| storage_error(app, e, system))?,
     };
-    if used.saturating_add(incoming) > quota {
+    if used > policy.quota_bytes {
         return Err(Error::QuotaExceeded);
     }
     Ok(())

@@ -181,7 +181,10 @@ impl BackupStore {
             *swept = true;
             let removed = sweep_partials(root);
             if removed > 0 {
-                tracing::info!(removed, "removed partial uploads left by an earlier run");
+                tracing::info!(
+                    removed,
+                    "removed partial uploads and orphaned upload records left by an earlier run"
+                );
             }
         }
     }
@@ -262,10 +265,20 @@ impl BackupStore {
         .await
     }
 
-    /// Bytes used by `system`'s backups.
-    pub async fn usage(&self, system: &SystemName) -> Result<u64, StoreError> {
-        self.with_system(system, |dir| {
-            Ok(list_backups(&dir)?.iter().map(|b| b.size).sum())
+    /// Bytes `system`'s backups would take once a new backup of `incoming`
+    /// bytes is stored and retention (`count`, `bytes`, as in
+    /// [`prune`](Self::prune)) has run: what a quota is checked against, so
+    /// an upload that fits once retention makes room is accepted.
+    pub async fn usage_after(
+        &self,
+        system: &SystemName,
+        incoming: u64,
+        count: u32,
+        bytes: u64,
+    ) -> Result<u64, StoreError> {
+        self.with_system(system, move |dir| {
+            let sizes: Vec<u64> = list_backups(&dir)?.iter().map(|b| b.size).collect();
+            Ok(retained_bytes(&sizes, incoming, count, bytes))
         })
         .await
     }
@@ -278,7 +291,7 @@ impl BackupStore {
         tokio::task::spawn_blocking(move || {
             let dir = match open_system(&root, &system) {
                 Err(StoreError::NotFound) => {
-                    root.create_dir(system.as_str())?;
+                    create_system_dir(&root, &system)?;
                     open_system(&root, &system)?
                 }
                 other => other?,
@@ -337,6 +350,25 @@ impl BackupStore {
         })
         .await
     }
+}
+
+/// Bytes left of backups sized `oldest_first` plus a new one of `incoming`
+/// bytes once retention removes the oldest (never the new one) until at
+/// most `count` (0 = any number) and `bytes` (0 = any size) remain: the
+/// same rule as [`BackupStore::prune`].
+fn retained_bytes(oldest_first: &[u64], incoming: u64, count: u32, bytes: u64) -> u64 {
+    let mut left = oldest_first.len() as u64 + 1;
+    let mut total = oldest_first.iter().sum::<u64>().saturating_add(incoming);
+    for size in oldest_first {
+        let over_count = count > 0 && left > u64::from(count);
+        let over_bytes = bytes > 0 && total > bytes;
+        if !over_count && !over_bytes {
+            break;
+        }
+        left -= 1;
+        total -= size;
+    }
+    total
 }
 
 /// An upload being written: a temporary file in the system's directory,
@@ -414,6 +446,18 @@ fn classify(e: io::Error) -> StoreError {
         StoreError::Full
     } else {
         StoreError::Unavailable(e)
+    }
+}
+
+/// Creates `system`'s directory in the storage root, durably (the root is
+/// fsynced, so a crash cannot lose a directory a backup was committed in).
+/// A directory that already exists is success: concurrent first uploads of
+/// one system race to create it, and all of them must go on.
+pub fn create_system_dir(root: &Dir, system: &SystemName) -> io::Result<()> {
+    match root.create_dir(system.as_str()) {
+        Ok(()) => sync_dir(root),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -616,15 +660,23 @@ fn open_backup_cached(
         Some(sidecar) => sidecar,
         None => {
             let path = format!("{system}/{}", sidecar_name(id));
+            // Only "there is no usable sidecar" is remembered; a failure
+            // that may pass (EMFILE, ENFILE, EIO) goes to the blocking path
+            // and is never cached as "no upload record".
             let bytes = match open_inline(root, &path, regular)? {
                 Ok(fd) => {
                     let sidecar = std::fs::File::from(fd);
                     match sidecar.metadata() {
-                        Ok(m) if m.is_file() => read_inline(&sidecar, MAX_SIDECAR_BYTES as usize)?,
-                        _ => None,
+                        Ok(m) if m.is_file() => Some(
+                            read_inline(&sidecar, MAX_SIDECAR_BYTES as usize)?
+                                .ok_or(Fallback::Miss)?,
+                        ),
+                        Ok(_) => None,
+                        Err(_) => return Err(Fallback::Miss),
                     }
                 }
-                Err(_) => None,
+                Err(e) if remembered_as_absent(&e) => None,
+                Err(_) => return Err(Fallback::Miss),
             };
             let sidecar =
                 bytes.and_then(|bytes| BackupInfo::decode_sidecar(*id, meta.len(), &bytes));
@@ -639,6 +691,13 @@ fn open_backup_cached(
         modified,
         ino: std::os::unix::fs::MetadataExt::ino(&meta),
     }))
+}
+
+/// Whether an error opening a sidecar means "this backup has no usable
+/// record", which may be remembered; anything else (out of descriptors,
+/// an I/O error) may pass and must not be.
+fn remembered_as_absent(e: &io::Error) -> bool {
+    is_absent(e)
 }
 
 /// Reads up to `max` bytes from the start of `file`, from the page cache
@@ -707,13 +766,17 @@ fn remove_if_exists(dir: &Dir, name: &str) -> io::Result<()> {
     }
 }
 
-/// Makes renames and removals in `dir` durable. The `Dir` handle itself may
-/// be an `O_PATH` descriptor, which cannot be fsynced: open it for reading.
-fn sync_dir(dir: &Dir) -> io::Result<()> {
+/// Makes renames, removals and new entries in `dir` durable. The `Dir`
+/// handle itself may be an `O_PATH` descriptor, which cannot be fsynced:
+/// open it for reading.
+pub fn sync_dir(dir: &Dir) -> io::Result<()> {
     dir.open(".")?.sync_all()
 }
 
-/// Removes `.upload-*` files from every system directory; how many.
+/// Removes what a crash can leave in every system directory: `.upload-*`
+/// files (uploads in progress, and their records before the rename), and
+/// upload records `.<id>.meta` whose backup is not there (a crash between
+/// the record's rename and the backup's). How many.
 fn sweep_partials(root: &Dir) -> usize {
     let Ok(systems) = root.entries() else {
         return 0;
@@ -733,9 +796,17 @@ fn sweep_partials(root: &Dir) -> usize {
         let Ok(entries) = dir.entries() else { continue };
         for entry in entries.flatten() {
             let file_name = entry.file_name();
-            if file_name
-                .to_str()
-                .is_some_and(|n| n.starts_with(PARTIAL_PREFIX))
+            let Some(name) = file_name.to_str() else {
+                continue;
+            };
+            let orphan_record = name
+                .strip_prefix('.')
+                .and_then(|n| n.strip_suffix(".meta"))
+                .and_then(|id| id.parse::<BackupId>().ok())
+                .is_some_and(|id| {
+                    matches!(dir.symlink_metadata(id.to_string()), Err(e) if e.kind() == io::ErrorKind::NotFound)
+                });
+            if (name.starts_with(PARTIAL_PREFIX) || orphan_record)
                 && dir.remove_file(&file_name).is_ok()
             {
                 removed += 1;
@@ -927,6 +998,40 @@ mod tests {
         assert_ne!(filename("alice").unwrap(), "alice-v2.gpg");
         described(&root.join("alice"), b"alice's v3", "alice-v3.gpg");
         assert_eq!(filename("alice").unwrap(), "alice-v3.gpg");
+    }
+
+    #[test]
+    fn transient_open_errors_are_never_remembered_as_no_record() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::EIO,
+            libc::EACCES,
+            libc::ENOMEM,
+        ] {
+            assert!(
+                !remembered_as_absent(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        for errno in [libc::ENOENT, libc::ELOOP, libc::ENOTDIR] {
+            assert!(
+                remembered_as_absent(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+    }
+
+    #[test]
+    fn quota_usage_counts_what_retention_will_leave() {
+        // Nothing to prune: everything plus the new one.
+        assert_eq!(retained_bytes(&[10, 20], 5, 0, 0), 35);
+        // Count 2: the oldest goes to make room for the new one.
+        assert_eq!(retained_bytes(&[10, 20], 5, 2, 0), 25);
+        // Bytes 30: oldest first until it fits, never the new one.
+        assert_eq!(retained_bytes(&[10, 20, 5], 8, 0, 30), 13);
+        assert_eq!(retained_bytes(&[10, 20], 50, 0, 30), 50);
+        assert_eq!(retained_bytes(&[], 7, 1, 1), 7);
     }
 
     /// The filename the blocking path reads, for a test whose inline open

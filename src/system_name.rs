@@ -35,6 +35,13 @@ impl SystemName {
         &self.0
     }
 
+    /// Whether `other` is the same name ignoring ASCII case. Names are
+    /// unique by this test: on a case-folding filesystem (ext4 casefold,
+    /// CIFS, some NAS mounts) `FW1` and `fw1` are one directory.
+    pub fn same_ignoring_case(&self, other: &SystemName) -> bool {
+        self.0.eq_ignore_ascii_case(&other.0)
+    }
+
     /// Parses raw bytes (from an `Authorization` header, say).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, InvalidSystemName> {
         let (first, rest) = bytes.split_first().ok_or(InvalidSystemName)?;

@@ -8,10 +8,13 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use cap_fs_ext::DirExt;
 use cap_std::fs::Dir;
 
+use crate::backup_id::BackupId;
 use crate::credentials::{Credentials, CredentialsFile, LoadError};
 use crate::sandbox::DirPath;
+use crate::store::sync_dir;
 use crate::system_name::{InvalidSystemName, SystemName};
 
 /// Where the credentials file and the storage root are.
@@ -33,6 +36,11 @@ pub enum CommandError {
     InvalidName(String, InvalidSystemName),
     /// `add` of a name that is registered.
     Duplicate(SystemName),
+    /// `add` of a name that differs from a registered one only in case.
+    CaseDuplicate(SystemName, SystemName),
+    /// `add` of a name whose storage directory still holds backups, without
+    /// `--adopt`: the new secret would be handed the old system's backups.
+    HoldsBackups(SystemName, usize, PathBuf),
     /// `remove` of a name that is not registered.
     Unknown(SystemName),
     /// The credentials file cannot be read or is malformed.
@@ -46,6 +54,16 @@ impl fmt::Display for CommandError {
         match self {
             CommandError::InvalidName(name, e) => write!(f, "invalid system name {name:?}: {e}"),
             CommandError::Duplicate(name) => write!(f, "system {name} already exists"),
+            CommandError::CaseDuplicate(name, existing) => write!(
+                f,
+                "system {name} differs from the registered {existing} only in case; names are unique ignoring case (on a case-folding filesystem they would share one directory)"
+            ),
+            CommandError::HoldsBackups(name, count, dir) => write!(
+                f,
+                "{} still holds {count} backup(s) of an earlier system named {name}; the new secret would be handed them. To give them to the new system, run again with --adopt; to start afresh, remove them first (rm -r {})",
+                dir.display(),
+                dir.display()
+            ),
             CommandError::Unknown(name) => write!(f, "no system named {name}"),
             CommandError::Credentials(path, e) => write!(f, "credentials file {path}: {e}"),
             CommandError::Io(what, e) => write!(f, "{what}: {e}"),
@@ -91,20 +109,33 @@ fn lock_and_load(
     Ok((file, lock, creds))
 }
 
-/// Registers `name`, creates its storage directory, and returns its new
-/// secret: the only time the secret exists outside the client.
-pub fn add(loc: &Locations, name: &str) -> Result<String, CommandError> {
+/// Registers `name`, creates its storage directory (durably), and returns
+/// its new secret: the only time the secret exists outside the client.
+///
+/// Refused when `name` differs from a registered name only in case, and
+/// when its directory still holds backups of an earlier system of that name
+/// unless `adopt` says to hand them to the new one.
+pub fn add(loc: &Locations, name: &str, adopt: bool) -> Result<String, CommandError> {
     let name = parse_name(name)?;
     let (file, _lock, mut creds) = lock_and_load(loc)?;
     if creds.contains(&name) {
         return Err(CommandError::Duplicate(name));
     }
+    if let Some(existing) = creds.find_ignoring_case(&name) {
+        return Err(CommandError::CaseDuplicate(name, existing.clone()));
+    }
     let storage = open_storage(loc)?;
     let created = match storage.create_dir(name.as_str()) {
-        Ok(()) => true,
+        Ok(()) => {
+            sync_dir(&storage)
+                .map_err(|e| CommandError::Io("cannot sync the storage root".into(), e))?;
+            true
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            // Kept from an earlier registration under this name: reuse it,
-            // but only if it really is a directory, not a planted symlink.
+            // Kept from an earlier registration under this name (or, on a
+            // case-folding filesystem, under the same name in another
+            // case): only a real directory, not a planted symlink, and only
+            // with the operator's word if it holds backups.
             let meta = storage
                 .symlink_metadata(name.as_str())
                 .map_err(|e| CommandError::Io("storage directory".into(), e))?;
@@ -112,6 +143,15 @@ pub fn add(loc: &Locations, name: &str) -> Result<String, CommandError> {
                 return Err(CommandError::Io(
                     format!("{} exists in the storage root and is not a directory", name),
                     io::Error::from(io::ErrorKind::AlreadyExists),
+                ));
+            }
+            let held = count_backups(&storage, &name)
+                .map_err(|e| CommandError::Io("storage directory".into(), e))?;
+            if held > 0 && !adopt {
+                return Err(CommandError::HoldsBackups(
+                    name.clone(),
+                    held,
+                    loc.storage.join(name.as_str()),
                 ));
             }
             false
@@ -156,4 +196,18 @@ pub fn list(loc: &Locations) -> Result<Vec<SystemName>, CommandError> {
         .load()
         .map_err(|e| CommandError::Credentials(file.display(), e))?;
     Ok(creds.names())
+}
+
+/// Backups (files named by a backup id) in `name`'s directory.
+fn count_backups(storage: &Dir, name: &SystemName) -> io::Result<usize> {
+    let dir = storage.open_dir_nofollow(name.as_str())?;
+    let mut count = 0;
+    for entry in dir.entries()? {
+        let is_backup = entry?
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.parse::<BackupId>().is_ok());
+        count += usize::from(is_backup);
+    }
+    Ok(count)
 }

@@ -122,6 +122,64 @@ fn invalid_and_duplicate_names_exit_non_zero_and_change_nothing() {
     );
 }
 
+/// Names are unique ignoring case: on a case-folding filesystem `FW1` and
+/// `fw1` would be one directory, and one system would read the other's
+/// backups. Refused by `systems add`, and in a hand-edited file.
+#[test]
+fn names_that_differ_only_in_case_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(cli(dir.path(), &["systems", "add", "fw1"]).0, 0);
+    let before = snapshot(dir.path());
+    for other in ["FW1", "Fw1", "fW1"] {
+        let (code, out, err) = cli(dir.path(), &["systems", "add", other]);
+        assert_ne!(code, 0, "{other} accepted");
+        assert!(out.is_empty());
+        assert!(err.contains("only in case"), "{err}");
+        assert_eq!(snapshot(dir.path()), before, "{other} changed something");
+    }
+    // A credentials file edited by hand to hold both does not load.
+    assert_eq!(cli(dir.path(), &["systems", "add", "other"]).0, 0);
+    let path = dir.path().join("credentials");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = text.lines().find(|l| l.starts_with("fw1:")).unwrap();
+    std::fs::write(&path, format!("{text}{}\n", line.replacen("fw1", "FW1", 1))).unwrap();
+    let (code, _, err) = cli(dir.path(), &["systems", "list"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("only in case"), "{err}");
+}
+
+/// Re-adding a removed name must not silently hand the old system's
+/// backups to whoever holds the new secret: refused, with a message that
+/// says how to proceed, unless `--adopt` says to.
+#[tokio::test]
+async fn re_adding_a_name_whose_backups_remain_needs_adopt() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(cli(dir.path(), &["systems", "add", "fw1"]).0, 0);
+    std::fs::write(dir.path().join("backups/fw1").join(ID), b"old system's").unwrap();
+    assert_eq!(cli(dir.path(), &["systems", "remove", "fw1"]).0, 0);
+    let before = snapshot(dir.path());
+    let (code, out, err) = cli(dir.path(), &["systems", "add", "fw1"]);
+    assert_ne!(code, 0);
+    assert!(out.is_empty(), "a secret was printed: {out}");
+    assert!(err.contains("--adopt") && err.contains("1 backup"), "{err}");
+    assert!(err.contains("rm -r"), "{err}");
+    assert_eq!(snapshot(dir.path()), before);
+    // An empty leftover directory is simply reused.
+    std::fs::create_dir(dir.path().join("backups/fw2")).unwrap();
+    assert_eq!(cli(dir.path(), &["systems", "add", "fw2"]).0, 0);
+    // With --adopt the new secret gets the old backups.
+    let (code, secret, err) = cli(dir.path(), &["systems", "add", "fw1", "--adopt"]);
+    assert_eq!(code, 0, "{err}");
+    let server = Server::start_with(dir, &[]);
+    let reply = get(
+        server.addr,
+        &backup_path(ID),
+        Some(&basic("fw1", secret.trim_end())),
+    )
+    .await;
+    assert_eq!(&reply.body[..], b"old system's");
+}
+
 #[test]
 fn credentials_and_storage_can_live_apart() {
     let dir = tempfile::tempdir().unwrap();

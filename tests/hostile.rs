@@ -1935,4 +1935,57 @@ async fn http2_requests_with_odd_fields() {
         }
     }
     assert_eq!(count, 11);
+
+    // HEAD over HTTP/2, on every kind of answer: the headers a GET gets
+    // (its Content-Length too), then the stream ends cleanly with no body.
+    // A HEADERS frame without END_STREAM here is a PROTOCOL_ERROR to curl.
+    let heads = [
+        (
+            "list",
+            P.trim_end_matches('/').to_owned(),
+            Some(auth.as_str()),
+            200,
+        ),
+        ("own backup", own.clone(), Some(auth.as_str()), 200),
+        ("foreign id", format!("{P}{ID2}"), Some(auth.as_str()), 404),
+        ("bad id", format!("{P}..%2fbob"), Some(auth.as_str()), 400),
+        ("no authorization", own.clone(), None, 401),
+        ("no route", "/nowhere".to_owned(), None, 404),
+    ];
+    for (name, path, auth, want) in heads {
+        let request = |method: hyper::Method| {
+            let mut req = hyper::Request::builder()
+                .method(method)
+                .uri(format!("http://b{path}"));
+            if let Some(auth) = auth {
+                req = req.header("authorization", auth);
+            }
+            req.body(Full::new(bytes::Bytes::new())).unwrap()
+        };
+        within(STEP, sender.ready()).await.unwrap();
+        let get = within(STEP, sender.send_request(request(hyper::Method::GET)))
+            .await
+            .unwrap();
+        let get_len = within(STEP, get.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes()
+            .len();
+        within(STEP, sender.ready()).await.unwrap();
+        let res = within(STEP, sender.send_request(request(hyper::Method::HEAD)))
+            .await
+            .unwrap_or_else(|e| panic!("HEAD {name}: {e}"));
+        assert_eq!(res.status().as_u16(), want, "HEAD {name}");
+        let length = res.headers().get("content-length").cloned();
+        let body = within(STEP, res.into_body().collect())
+            .await
+            .unwrap_or_else(|e| panic!("HEAD {name}: stream not closed cleanly: {e}"))
+            .to_bytes();
+        assert!(body.is_empty(), "HEAD {name}: a body");
+        assert_eq!(
+            length.and_then(|v| v.to_str().ok()?.parse::<usize>().ok()),
+            Some(get_len),
+            "HEAD {name}: Content-Length of the GET"
+        );
+    }
 }

@@ -437,10 +437,18 @@ async fn metadata_survives_a_restart_and_crash_leftovers_are_swept() {
     )
     .unwrap();
     std::fs::write(server.storage().join("fw1").join(ID), b"dropped in").unwrap();
+    // A crash between the record's rename and the backup's leaves a record
+    // with no backup: swept. A record whose backup is there stays.
+    let orphan = format!(".{ID2}.meta");
+    std::fs::write(server.storage().join("fw1").join(&orphan), b"{}").unwrap();
     let dir = server.stop();
 
     let server = Server::start_with(dir, &[]);
     assert_eq!(partials(&server, "fw1"), Vec::<String>::new());
+    let names = names_in(&server.storage().join("fw1"));
+    assert!(!names.contains(&orphan), "{names:?}");
+    let kept_record = format!(".{}.meta", info["id"].as_str().unwrap());
+    assert!(names.contains(&kept_record), "{names:?}");
     let list = json(&get(server.addr, "/api/systems/backups", Some(&auth)).await);
     let backups = list["data"]["backups"].as_array().unwrap().clone();
     assert_eq!(backups.len(), 2);
@@ -873,4 +881,151 @@ async fn hostile_upload_framing_stores_nothing() {
             .status,
         StatusCode::CREATED
     );
+}
+
+/// Uploads of a system whose directory does not exist yet, all at once:
+/// every one is stored (creating the directory is not a 503 for the ones
+/// that lose the race).
+#[tokio::test]
+async fn concurrent_first_uploads_all_succeed() {
+    let server = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--upload-rate-per-minute",
+            "0",
+            "--upload-rate-per-hour",
+            "0",
+            "--retention-count",
+            "0",
+        ],
+    );
+    let auth = basic("fw1", &server.add_system("fw1"));
+    std::fs::remove_dir(server.storage().join("fw1")).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8u8 {
+        let (addr, auth) = (server.addr, auth.clone());
+        tasks.push(tokio::spawn(async move {
+            let reply = upload(addr, Some(&auth), vec![i; 1000], &[]).await;
+            (reply.status, reply.text())
+        }));
+    }
+    for task in tasks {
+        let (status, text) = task.await.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{text}");
+    }
+    let backups = names_in(&server.storage().join("fw1"))
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .count();
+    assert_eq!(backups, 8);
+}
+
+/// Two overlapping uploads with `--retention-count 1`: the one that
+/// started first and finished last is the one kept, and it is the newest by
+/// id, so retention never removed a backup newer than one it keeps.
+#[tokio::test]
+async fn retention_keeps_the_backup_committed_last_and_it_is_the_newest() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--retention-count",
+            "1",
+            "--upload-rate-per-minute",
+            "0",
+            "--upload-rate-per-hour",
+            "0",
+        ],
+    );
+    let auth = basic("fw1", &server.add_system("fw1"));
+    // A starts first and sends half its body.
+    let mut first = within(STEP, tokio::net::TcpStream::connect(server.addr))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/systems/backups HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Length: 2000\r\nConnection: close\r\n\r\n"
+    );
+    within(STEP, first.write_all(head.as_bytes()))
+        .await
+        .unwrap();
+    within(STEP, first.write_all(&[1u8; 1000])).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // B starts later and finishes first.
+    let second = upload(server.addr, Some(&auth), vec![2u8; 1000], &[]).await;
+    assert_eq!(second.status, StatusCode::CREATED, "{}", second.text());
+    let second_id = json(&second)["data"]["id"].as_str().unwrap().to_owned();
+    // A finishes last.
+    within(STEP, first.write_all(&[1u8; 1000])).await.unwrap();
+    let mut out = Vec::new();
+    within(STEP, first.read_to_end(&mut out)).await.unwrap();
+    assert_eq!(
+        raw_status(&out),
+        Some(201),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let body = &out[out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    let first_json: serde_json::Value = serde_json::from_slice(body).unwrap();
+    let first_id = first_json["data"]["id"].as_str().unwrap().to_owned();
+    assert!(
+        first_id > second_id,
+        "the backup committed last must be the newest by id: {first_id} vs {second_id}"
+    );
+    let list = json(&get(server.addr, "/api/systems/backups", Some(&auth)).await);
+    let kept: Vec<&str> = list["data"]["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, vec![first_id.as_str()]);
+    assert_eq!(
+        &get(server.addr, &backup_path(&first_id), Some(&auth))
+            .await
+            .body[..],
+        &[1u8; 2000][..]
+    );
+}
+
+/// A quota and retention compose: an upload that fits once retention has
+/// made room is accepted, both when admitted and when committed.
+#[tokio::test]
+async fn an_upload_that_fits_after_retention_is_within_the_quota() {
+    let server = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--quota-bytes",
+            "100",
+            "--retention-count",
+            "1",
+            "--upload-rate-per-minute",
+            "0",
+            "--upload-rate-per-hour",
+            "0",
+        ],
+    );
+    let auth = basic("fw1", &server.add_system("fw1"));
+    for round in 0..3u8 {
+        let reply = upload(server.addr, Some(&auth), vec![round; 80], &[]).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "round {round}: {}",
+            reply.text()
+        );
+    }
+    // Still a real quota: a single backup over it is refused.
+    let reply = upload(server.addr, Some(&auth), vec![9; 101], &[]).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        reply.text()
+    );
+    assert_eq!(
+        reply.text(),
+        r#"{"code":413,"message":"backup quota exceeded","data":{}}"#
+    );
+    let list = json(&get(server.addr, "/api/systems/backups", Some(&auth)).await);
+    assert_eq!(list["data"]["backups"].as_array().unwrap().len(), 1);
 }

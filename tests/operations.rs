@@ -201,6 +201,15 @@ async fn json_logs_carry_one_access_line_per_request_and_never_a_secret() {
         .status,
         StatusCode::UNAUTHORIZED
     );
+    let stored = upload(
+        server.addr,
+        Some(&basic("fw1", &secret)),
+        b"uploaded".to_vec(),
+        &[],
+    )
+    .await;
+    assert_eq!(stored.status, StatusCode::CREATED);
+    let stored_id = json(&stored)["data"]["id"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = server.log();
     let lines: Vec<serde_json::Value> = log
@@ -209,8 +218,14 @@ async fn json_logs_carry_one_access_line_per_request_and_never_a_secret() {
         .collect();
     let access: Vec<&serde_json::Value> =
         lines.iter().filter(|l| l["message"] == "request").collect();
-    assert_eq!(access.len(), 2, "{log}");
+    assert_eq!(access.len(), 3, "{log}");
     let ok = access.iter().find(|l| l["status"] == 200).unwrap();
+    // Plain JSON strings, so `jq 'select(.id == "...")'` finds them; the
+    // upload's line carries the id it stored.
+    assert_eq!(ok["id"], ID, "{ok}");
+    let post = access.iter().find(|l| l["status"] == 201).unwrap();
+    assert_eq!(post["id"], stored_id.as_str(), "{post}");
+    assert_eq!(post["method"], "POST");
     for field in [
         "timestamp",
         "peer",
@@ -295,4 +310,38 @@ async fn the_self_sandbox_is_reported_and_everything_works_under_it() {
     let off = Server::start_with(tempfile::tempdir().unwrap(), &["--no-self-sandbox"]);
     assert!(off.log().contains("self-sandbox disabled"), "{}", off.log());
     assert_eq!(off.workers(), Vec::<u32>::new());
+}
+
+/// systemd 252's `@system-service` does not list the Landlock system calls,
+/// so with `SystemCallErrorNumber=EPERM` they fail with EPERM: the server
+/// must say that (a WARN naming the seccomp filter), not that the kernel
+/// lacks Landlock, and keep serving.
+#[tokio::test]
+async fn a_seccomp_filter_refusing_landlock_is_a_warning_that_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = serve_command(Command::new(bin()), dir.path(), &[]);
+    // landlock_create_ruleset, landlock_add_rule, landlock_restrict_self:
+    // the same numbers on x86_64 and aarch64.
+    deny_syscalls(&mut command, &[444, 445, 446]);
+    let server = Server::launch(dir, command).unwrap_or_else(|log| panic!("{log}"));
+    assert!(
+        server.wait_for_log("self-sandbox (Landlock):", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("self-sandbox (Landlock):"))
+        .unwrap();
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains("not enforced") && line.contains("seccomp"),
+        "{line}"
+    );
+    assert!(!line.contains("kernel without Landlock"), "{line}");
+    let auth = basic("fw1", &server.add_system("fw1"));
+    server.put("fw1", ID, b"unconfined but serving");
+    let reply = get(server.addr, &backup_path(ID), Some(&auth)).await;
+    assert_eq!(reply.status, StatusCode::OK);
 }

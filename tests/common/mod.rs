@@ -462,3 +462,61 @@ pub fn names_in(dir: &Path) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Makes the system calls numbered `numbers` fail with EPERM in the process
+/// `command` starts, as a seccomp filter that refuses them does (systemd's
+/// `SystemCallFilter=` with `SystemCallErrorNumber=EPERM`).
+pub fn deny_syscalls(command: &mut Command, numbers: &'static [u32]) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure only builds a value on the
+    // stack and makes two `prctl` calls, which are async-signal-safe; the
+    // filter program outlives the call that installs it (the kernel copies
+    // it).
+    unsafe {
+        command.pre_exec(move || {
+            let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+                code: code as u16,
+                jt,
+                jf,
+                k,
+            };
+            // Load the syscall number; each listed one returns EPERM. A
+            // fixed array: no allocation between fork and exec.
+            let mut filter = [op(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW); 8];
+            assert!(numbers.len() <= filter.len() - 3, "too many system calls");
+            filter[0] = op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0);
+            let count = numbers.len() as u8;
+            for (i, &nr) in numbers.iter().enumerate() {
+                // Match: jump over the remaining tests and the ALLOW.
+                filter[1 + i] = op(
+                    libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+                    count - i as u8,
+                    0,
+                    nr,
+                );
+            }
+            let len = numbers.len() + 3;
+            filter[len - 2] = op(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW);
+            filter[len - 1] = op(
+                libc::BPF_RET | libc::BPF_K,
+                0,
+                0,
+                libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+            );
+            let program = libc::sock_fprog {
+                len: len as u16,
+                filter: filter.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &program as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
