@@ -2,48 +2,53 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use hyper::StatusCode;
 
-/// Parses Prometheus text with the reference parser (`prometheus_client`,
-/// installed by .ci/run); returns `name{labels} value` lines, sorted.
+/// Parses Prometheus text with a parser independent of ours (the
+/// `prometheus-parse` crate; CI also runs the Python reference parser on a
+/// live scrape, `.ci/real-clients.sh`); returns `name{labels} value` lines,
+/// labels sorted, histogram buckets as `_bucket{le=...}` samples.
 fn parse_prometheus(text: &str) -> Vec<String> {
-    let script = r#"
-import sys
-from prometheus_client.parser import text_string_to_metric_families
-for family in text_string_to_metric_families(sys.stdin.read()):
-    for s in family.samples:
-        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-        print(f"{s.name}{{{labels}}} {float(s.value):g}")
-"#;
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus_client rejected /metrics (pip install prometheus_client): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut lines: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    use prometheus_parse::{Scrape, Value};
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("/metrics does not parse");
+    let line = |name: &str, labels: &[(String, String)], value: f64| {
+        let mut labels = labels.to_vec();
+        labels.sort();
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        format!("{name}{{{}}} {value}", labels.join(","))
+    };
+    let mut lines = Vec::new();
+    for sample in &scrape.samples {
+        let labels: Vec<(String, String)> = sample
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        match &sample.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => {
+                lines.push(line(&sample.metric, &labels, *v));
+            }
+            Value::Histogram(buckets) => {
+                for bucket in buckets {
+                    let le = if bucket.less_than.is_infinite() {
+                        "+Inf".to_owned()
+                    } else {
+                        bucket.less_than.to_string()
+                    };
+                    let mut with_le = labels.clone();
+                    with_le.push(("le".into(), le));
+                    lines.push(line(&format!("{}_bucket", sample.metric), &with_le, bucket.count));
+                }
+            }
+            other => lines.push(format!("{}{{?}} {other:?}", sample.metric)),
+        }
+    }
+    assert!(!lines.is_empty(), "no samples in /metrics:\n{text}");
     lines.sort();
     lines
 }
