@@ -90,8 +90,11 @@ pub const READ_AHEAD_BYTES: u64 = 4 << 20;
 pub const MAX_ECHOED_ID_CHARS: usize = 128;
 
 /// Where the server finds its files and how it limits its clients.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeConfig {
+    /// The signal mask to restore once the worker's handlers are installed
+    /// (signals are blocked from the first line of `main`).
+    pub startup_mask: crate::supervise::SavedMask,
     /// Address to listen on.
     pub listen: SocketAddr,
     /// Address of the admin listener, if any.

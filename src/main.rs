@@ -171,8 +171,47 @@ enum SystemsCommand {
     List,
 }
 
+/// The signal mask the process started with, saved by [`hold_signals`].
+static STARTUP_MASK: std::sync::Mutex<Option<supervise::SavedMask>> = std::sync::Mutex::new(None);
+
+/// Blocks the signals the server handles before even `main` runs (see
+/// `supervise::block_signals`): a SIGHUP or SIGTERM sent the moment the
+/// process exists (`systemctl reload` right after a start) is held until
+/// the handlers are in place, never fatal. `main` itself would be too late
+/// by the runtime's and allocator's start-up.
+extern "C" fn hold_signals() {
+    if let Ok(mask) = supervise::block_signals()
+        && let Ok(mut saved) = STARTUP_MASK.lock()
+    {
+        *saved = Some(mask);
+    }
+}
+
+// SAFETY: `.init_array` entries are called once, by the loader (or, in the
+// static binary, the C runtime), before `main`, on the only thread, with
+// no arguments used; `hold_signals` only calls pthread_sigmask and locks a
+// const-initialised mutex, neither of which needs Rust's runtime set up.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static HOLD_SIGNALS: extern "C" fn() = hold_signals;
+
 fn main() -> ExitCode {
+    let saved = STARTUP_MASK.lock().ok().and_then(|mut m| m.take());
+    let startup_mask = match saved.map_or_else(supervise::block_signals, Ok) {
+        Ok(mask) => mask,
+        Err(e) => {
+            eprintln!("backupd: cannot block signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // The systems commands take Ctrl-C and SIGTERM as usual.
+        if let Err(e) = supervise::unblock(startup_mask) {
+            eprintln!("backupd: cannot unblock signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -189,6 +228,7 @@ fn main() -> ExitCode {
     let locations = cli.locations.resolve();
     match cli.command {
         Command::Serve(args) => serve(ServeConfig {
+            startup_mask,
             listen: args.listen,
             admin_listen: args.admin_listen,
             tls: args.tls_cert.zip(args.tls_key),
@@ -440,6 +480,8 @@ async fn serve_async(
     spawn_watchers(app.clone(), tls.clone(), succession)
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let shutdown = shutdown_signal().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    // The handlers are in place: signals held since start-up arrive now.
+    supervise::unblock(config.startup_mask).map_err(|e| format!("cannot unblock signals: {e}"))?;
 
     let adopt = |listener: std::net::TcpListener| {
         TcpListener::from_std(listener).map_err(|e| format!("cannot use the listening socket: {e}"))
@@ -477,8 +519,9 @@ async fn serve_async(
     let cores =
         Cores::start(cores - 1).map_err(|e| format!("cannot start the serving threads: {e}"))?;
     tracing::debug!(threads = cores.threads(), "serving connections");
-    if let Some(supervisor) = supervisor {
-        supervisor.ready();
+    match supervisor {
+        Some(supervisor) => supervisor.ready(),
+        None => supervise::notify_ready(),
     }
     server::run(listener, cores, app, tls, limits, shutdown).await;
     tracing::info!("stopped");

@@ -28,8 +28,9 @@
 //!
 //! It is single-threaded, which is what makes `fork` without `exec` sound
 //! (the child gets a consistent copy of the allocator and of every lock),
-//! and it handles signals by blocking them and waiting with `sigwaitinfo`,
-//! so workers start with default signal handling and no shared state.
+//! and it handles signals by blocking them and waiting with `sigwaitinfo`.
+//! Workers start with those signals still blocked (see [`block_signals`])
+//! and unblock them once their own handlers are installed.
 //!
 //! This is the crate's one module with `unsafe`: `fork`, the signal mask and
 //! `sigwaitinfo` have no safe wrapper. Each block says why it is sound.
@@ -71,6 +72,29 @@ impl Supervisor {
     }
 }
 
+/// Tells systemd the service is ready (`Type=notify`): `READY=1` to the
+/// socket in `$NOTIFY_SOCKET`, if there is one. Sent once the first worker
+/// serves, so systemd runs no `ExecReload` (SIGHUP) before then and starts
+/// what is ordered after backupd only once it answers.
+pub fn notify_ready() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let message = format!("READY=1\nMAINPID={}", std::process::id());
+    let sent =
+        addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(message.as_bytes(), &addr));
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot tell systemd the service is ready");
+    }
+}
+
 /// The signals the supervisor waits for, blocked in it (and unblocked again
 /// in each worker).
 fn supervised_signals() -> libc::sigset_t {
@@ -91,6 +115,30 @@ fn supervised_signals() -> libc::sigset_t {
         }
         set
     }
+}
+
+/// A signal mask saved by [`block_signals`], to be put back once the
+/// process can handle the signals it held.
+#[derive(Clone, Copy)]
+pub struct SavedMask(libc::sigset_t);
+
+/// Blocks SIGTERM, SIGINT, SIGHUP (and the supervisor's SIGCHLD, SIGUSR1,
+/// SIGUSR2) in the calling thread, and so in every process and thread it
+/// starts; returns the mask to restore.
+///
+/// Called first thing in `main`: until a worker has installed its
+/// handlers, a SIGHUP (`systemctl reload` during a start) or SIGTERM would
+/// take its default action and kill it. Blocked, it stays pending and is
+/// handled the moment [`unblock`] runs after the handlers are in place:
+/// a reload, or a clean shutdown, at any moment of start-up.
+pub fn block_signals() -> io::Result<SavedMask> {
+    set_mask(libc::SIG_BLOCK, &supervised_signals()).map(SavedMask)
+}
+
+/// Restores the mask [`block_signals`] saved: signals held while starting
+/// are delivered now.
+pub fn unblock(saved: SavedMask) -> io::Result<()> {
+    set_mask(libc::SIG_SETMASK, &saved.0).map(|_| ())
 }
 
 /// Sets the calling thread's signal mask; returns the previous one.
@@ -131,7 +179,6 @@ fn wait_signal(set: &libc::sigset_t) -> io::Result<(libc::c_int, libc::pid_t)> {
 fn spawn<T>(
     held: &mut Option<T>,
     worker: &dyn Fn(Supervisor, T) -> i32,
-    parent_mask: &libc::sigset_t,
     supervisor: Supervisor,
 ) -> io::Result<Pid> {
     // SAFETY: the supervisor is single-threaded (see `run`), so the child
@@ -155,13 +202,12 @@ fn spawn<T>(
         // The supervisor may have died before the line above.
         Ok(()) if rustix::process::getppid() != Some(supervisor.pid) => 1,
         // The child's own copy of `held`: taking it leaves the supervisor's.
-        Ok(()) => match (set_mask(libc::SIG_SETMASK, parent_mask), held.take()) {
-            (Ok(_), Some(held)) => worker(supervisor, held),
-            (_, None) => 1,
-            (Err(e), _) => {
-                tracing::error!(error = %e, "cannot restore the worker's signal mask");
-                1
-            }
+        // Its signals stay blocked until it has installed its handlers
+        // (the worker calls `unblock`), so a signal forwarded while it
+        // starts is held, not fatal.
+        Ok(()) => match held.take() {
+            Some(held) => worker(supervisor, held),
+            None => 1,
         },
     };
     std::process::exit(code)
@@ -199,6 +245,8 @@ struct Workers {
     exit: Option<i32>,
     /// When the last successor was started.
     last_successor: Option<Instant>,
+    /// Whether systemd was told the service is ready (the first worker serves).
+    ready: bool,
 }
 
 impl Workers {
@@ -254,11 +302,11 @@ impl Workers {
 pub fn run<T>(held: T, worker: &dyn Fn(Supervisor, T) -> i32) -> io::Result<i32> {
     let mut held = Some(held);
     let set = supervised_signals();
-    let parent_mask = set_mask(libc::SIG_BLOCK, &set)?;
+    set_mask(libc::SIG_BLOCK, &set)?;
     let supervisor = Supervisor {
         pid: rustix::process::getpid(),
     };
-    let first = spawn(&mut held, worker, &parent_mask, supervisor)?;
+    let first = spawn(&mut held, worker, supervisor)?;
     let mut workers = Workers {
         serving: first,
         starting: None,
@@ -267,6 +315,7 @@ pub fn run<T>(held: T, worker: &dyn Fn(Supervisor, T) -> i32) -> io::Result<i32>
         stopping: false,
         exit: None,
         last_successor: None,
+        ready: false,
     };
     loop {
         if workers.exit.is_some() && workers.all().next().is_none() {
@@ -300,7 +349,7 @@ pub fn run<T>(held: T, worker: &dyn Fn(Supervisor, T) -> i32) -> io::Result<i32>
                     continue;
                 }
                 workers.last_successor = Some(Instant::now());
-                match spawn(&mut held, worker, &parent_mask, supervisor) {
+                match spawn(&mut held, worker, supervisor) {
                     Ok(pid) => {
                         tracing::info!(
                             pid = pid.as_raw_pid(),
@@ -310,6 +359,10 @@ pub fn run<T>(held: T, worker: &dyn Fn(Supervisor, T) -> i32) -> io::Result<i32>
                     }
                     Err(e) => tracing::error!(error = %e, "cannot start a new worker"),
                 }
+            }
+            libc::SIGUSR2 if from(workers.serving) && !workers.ready => {
+                workers.ready = true;
+                notify_ready();
             }
             libc::SIGUSR2 if workers.starting.is_some_and(from) => {
                 let Some(new) = workers.starting.take() else {

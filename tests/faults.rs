@@ -40,6 +40,87 @@ async fn signals_right_after_listening_are_handled() {
     }
 }
 
+/// `systemctl reload` (SIGHUP) or stop (SIGTERM) at any moment of start-up
+/// does what it does later: a reload, or a clean exit 0, never a crash.
+/// The storage root holds many system directories, which the first worker
+/// walks at start-up, to widen the window.
+///
+/// "After spawn" counts from when the process runs backupd's own code (a
+/// constructor blocks the signals first thing; seen here once Rust's
+/// runtime, which starts after it, shows in /proc): before it, the dynamic loader is still relocating the binary
+/// (milliseconds for this 100 MB debug build, microseconds for the static
+/// release binary), and no program can act on a signal there. systemd
+/// sends no reload before the service reports READY (`Type=notify`).
+#[tokio::test]
+async fn signals_at_any_moment_of_start_up_are_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = cli(dir.path(), &["systems", "add", "fw1"])
+        .1
+        .trim_end()
+        .to_owned();
+    for n in 0..5000 {
+        std::fs::create_dir(dir.path().join(format!("backups/sys{n}"))).unwrap();
+    }
+    std::fs::write(dir.path().join("backups/fw1").join(ID), b"served").unwrap();
+    let data = dir.path().to_path_buf();
+    for delay_ms in [0u64, 5, 20, 100] {
+        for (sig, name) in [(1, "SIGHUP"), (15, "SIGTERM")] {
+            let command = serve_command(std::process::Command::new(bin()), &data, &[]);
+            // The data dir is shared by every round: a TempDir that is not ours.
+            let holder = tempfile::tempdir().unwrap();
+            let launched = tokio::task::spawn_blocking(move || {
+                Server::launch_then(holder, command, |pid| {
+                    wait_until_signals_are_held(pid);
+                    std::thread::sleep(Duration::from_millis(delay_ms));
+                    assert_eq!(unsafe_free_kill(pid, sig), 0, "kill failed");
+                })
+            })
+            .await
+            .unwrap();
+            let what = format!("{name} {delay_ms} ms after spawn");
+            let mut server = launched.unwrap_or_else(|log| panic!("{what}: did not start: {log}"));
+            if sig == 1 {
+                assert!(
+                    server.wait_for_log("SIGHUP: reloading credentials", Duration::from_secs(10)),
+                    "{what}: {}",
+                    server.log()
+                );
+                let reply = get(server.addr, &backup_path(ID), Some(&basic("fw1", &secret))).await;
+                assert_eq!(&reply.body[..], b"served", "{what}");
+                server.signal(15);
+            }
+            let (code, log) = tokio::task::spawn_blocking(move || {
+                let code = server.wait_exit(Duration::from_secs(20));
+                (code, server.log())
+            })
+            .await
+            .unwrap();
+            assert_eq!(code, Some(0), "{what}: {log}");
+            assert!(log.contains("SIGTERM: shutting down"), "{what}: {log}");
+        }
+    }
+}
+
+/// Waits (at most 5 s) until process `pid` runs its own code: Rust's
+/// runtime has installed its SIGSEGV handler (SigCgt in /proc), which it
+/// does after the constructors, so the signals are held by then.
+fn wait_until_signals_are_held(pid: u32) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let caught = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0);
+        if caught & (1 << (11 - 1)) != 0 {
+            return;
+        }
+        std::thread::yield_now();
+    }
+    panic!("process {pid} never started running");
+}
+
 /// Whether this process is root (then chmod alone cannot lock it out).
 fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;

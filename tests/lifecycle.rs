@@ -714,9 +714,9 @@ async fn ranges_and_validators() {
 
 /// Runs a shell command line, asserting success.
 fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| {
-        panic!("{cmd:?}: {e} (is curl installed?)")
-    });
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (is curl installed?)"));
     assert!(
         out.status.success(),
         "{cmd:?}: {}{}",

@@ -14,8 +14,8 @@ use hyper::StatusCode;
 /// labels sorted, histogram buckets as `_bucket{le=...}` samples.
 fn parse_prometheus(text: &str) -> Vec<String> {
     use prometheus_parse::{Scrape, Value};
-    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-        .expect("/metrics does not parse");
+    let scrape =
+        Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("/metrics does not parse");
     let line = |name: &str, labels: &[(String, String)], value: f64| {
         let mut labels = labels.to_vec();
         labels.sort();
@@ -42,7 +42,11 @@ fn parse_prometheus(text: &str) -> Vec<String> {
                     };
                     let mut with_le = labels.clone();
                     with_le.push(("le".into(), le));
-                    lines.push(line(&format!("{}_bucket", sample.metric), &with_le, bucket.count));
+                    lines.push(line(
+                        &format!("{}_bucket", sample.metric),
+                        &with_le,
+                        bucket.count,
+                    ));
                 }
             }
             other => lines.push(format!("{}{{?}} {other:?}", sample.metric)),
@@ -349,4 +353,35 @@ async fn a_seccomp_filter_refusing_landlock_is_a_warning_that_names_it() {
     server.put("fw1", ID, b"unconfined but serving");
     let reply = get(server.addr, &backup_path(ID), Some(&auth)).await;
     assert_eq!(reply.status, StatusCode::OK);
+}
+
+/// `Type=notify`: the service tells systemd it is ready (READY=1, with its
+/// own pid as MAINPID) once it serves, so no reload reaches it before.
+#[tokio::test]
+async fn readiness_is_reported_to_systemd() {
+    let sockets = tempfile::tempdir().unwrap();
+    let path = sockets.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = serve_command(Command::new(bin()), dir.path(), &[]);
+    command.env("NOTIFY_SOCKET", &path);
+    let server = Server::launch(dir, command).unwrap_or_else(|log| panic!("{log}"));
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("no READY=1 within 10 s");
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(message.lines().any(|l| l == "READY=1"), "{message}");
+    assert!(
+        message
+            .lines()
+            .any(|l| l == format!("MAINPID={}", server.child.id())),
+        "{message}"
+    );
+    // Ready means serving.
+    assert_eq!(
+        get(server.addr, "/api/systems/backups", None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }

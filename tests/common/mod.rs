@@ -91,7 +91,17 @@ impl Server {
 
     /// Runs `command` (a `backupd serve`) and waits for it to listen; on
     /// failure, everything it logged.
-    pub fn launch(dir: tempfile::TempDir, mut command: Command) -> Result<Server, String> {
+    pub fn launch(dir: tempfile::TempDir, command: Command) -> Result<Server, String> {
+        Self::launch_then(dir, command, |_| {})
+    }
+
+    /// [`launch`](Self::launch), calling `just_spawned` with the process id
+    /// the moment the process exists (before it can have started up).
+    pub fn launch_then(
+        dir: tempfile::TempDir,
+        mut command: Command,
+        just_spawned: impl FnOnce(u32),
+    ) -> Result<Server, String> {
         let mut child = command
             .env("RUST_LOG", "info")
             .env_remove("BACKUPD_DATA_DIR")
@@ -102,6 +112,7 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn backupd serve");
+        just_spawned(child.id());
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
@@ -252,7 +263,7 @@ impl Drop for Server {
 }
 
 /// `kill(2)` through the `kill` command, keeping the tests free of `unsafe`.
-fn unsafe_free_kill(pid: u32, sig: i32) -> i32 {
+pub fn unsafe_free_kill(pid: u32, sig: i32) -> i32 {
     Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
