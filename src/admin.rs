@@ -5,45 +5,70 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::body::Body;
 use crate::config::{HEADER_READ_TIMEOUT, MAX_HEADER_BYTES};
 use crate::routes::App;
+use crate::server::{Activity, Drain, Limits, Progress, Sniff, Stream, serve_connection};
 
 /// Most admin connections at once: scrapers and probes, a handful.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
 
 /// Serves the admin endpoints on `listener` until the task is dropped.
-pub async fn run(listener: TcpListener, app: Arc<App>) {
+/// Connections idle for `idle_timeout` are closed by the same rule as on
+/// the public listener (HTTP/2 pings do not count).
+pub async fn run(listener: TcpListener, app: Arc<App>, idle_timeout: Duration) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES);
+    builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    // Never drained: a stopping worker drops this task (and its listener).
+    let drain = Drain::new();
+    let clock = Instant::now();
+    let limits = Limits {
+        max_connections: MAX_ADMIN_CONNECTIONS,
+        grace_period: Duration::ZERO,
+        idle_timeout,
+    };
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
-        let (app, builder) = (app.clone(), builder.clone());
+        let (app, builder, mut stop) = (app.clone(), builder.clone(), drain.watcher());
         tokio::spawn(async move {
-            let service = service_fn(move |req| answer(app.clone(), req));
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let activity = Activity::new(clock);
+            let service = {
+                let activity = activity.clone();
+                service_fn(move |req| {
+                    let stream = Stream::start(&activity);
+                    let (app, activity) = (app.clone(), activity.clone());
+                    async move {
+                        let response = answer(app, req).await?;
+                        Ok::<_, Infallible>(
+                            response.map(|body| Progress::new(body, activity, Some(stream))),
+                        )
+                    }
+                })
+            };
+            let io = Sniff::new(stream, activity.clone());
+            serve_connection(&builder, io, service, &activity, &mut stop, peer, limits).await;
             drop(permit);
         });
     }

@@ -30,10 +30,14 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// long enough for a slow link.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A connection on which no byte moved in either direction for this long is
-/// closed: catches stalled readers of a download and idle HTTP/2 connections,
-/// which have no header timer.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default idle time (`--idle-timeout`) after which a connection is closed:
+/// on HTTP/1.1, no byte moved in either direction (a stalled reader of a
+/// download); on HTTP/2, no request in progress or no body frame of one
+/// moved, whatever PINGs or other control frames flow (see
+/// [`crate::server::Activity`]). Long enough for a slow link between two
+/// chunks of a download, short enough that idle sockets do not hold the
+/// connection slots.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Most bytes of request head (request line plus headers) accepted. Real
 /// clients send well under 2 KiB; a Basic header is ~200 bytes.
@@ -115,6 +119,8 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// Time in-flight requests get to finish on shutdown.
     pub grace_period: Duration,
+    /// A connection idle this long is closed.
+    pub idle_timeout: Duration,
     /// What systems may do with their backups.
     pub policy: Policy,
 }
@@ -135,7 +141,7 @@ pub const DEFAULT_RETENTION_COUNT: u32 = 10;
 
 /// An upload body on which no byte arrives for this long is abandoned (and
 /// its temporary file removed); shorter than [`IDLE_TIMEOUT`] so the client
-/// can still be told.
+/// can still be told (the default one).
 pub const UPLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bytes of an upload gathered in memory before one write to disk: large

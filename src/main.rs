@@ -125,6 +125,10 @@ struct ServeArgs {
     /// Seconds in-flight downloads get to finish after SIGTERM or SIGINT.
     #[arg(long, env = "BACKUPD_GRACE_PERIOD", default_value_t = config::DEFAULT_GRACE_PERIOD.as_secs())]
     grace_period: u64,
+    /// Seconds after which an idle connection is closed (HTTP/1.1: no byte
+    /// moved; HTTP/2: no request or body frame moved, pings aside).
+    #[arg(long, env = "BACKUPD_IDLE_TIMEOUT", default_value_t = config::DEFAULT_IDLE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: u64,
     /// Largest upload accepted, in bytes.
     #[arg(long, env = "BACKUPD_MAX_UPLOAD_BYTES", default_value_t = config::DEFAULT_MAX_UPLOAD_BYTES)]
     max_upload_bytes: u64,
@@ -238,6 +242,7 @@ fn main() -> ExitCode {
             create_storage: locations.create_storage,
             max_connections: args.max_connections.max(1),
             grace_period: Duration::from_secs(args.grace_period),
+            idle_timeout: Duration::from_secs(args.idle_timeout),
             policy: Policy {
                 max_upload_bytes: args.max_upload_bytes,
                 quota_bytes: args.quota_bytes,
@@ -493,6 +498,11 @@ async fn serve_async(
         config.storage.display(),
         config.credentials.display()
     );
+    let limits = Limits {
+        max_connections: config.max_connections,
+        grace_period: config.grace_period,
+        idle_timeout: config.idle_timeout,
+    };
     let mut admin_task = None;
     if let Some(admin) = listeners.admin {
         let admin_listener = adopt(admin)?;
@@ -501,6 +511,7 @@ async fn serve_async(
         admin_task = Some(tokio::spawn(backupd::admin::run(
             admin_listener,
             app.clone(),
+            limits.idle_timeout,
         )));
     }
     // A stopping worker stops answering probes and scrapes at once, so a
@@ -510,10 +521,6 @@ async fn serve_async(
         if let Some(task) = admin_task {
             task.abort();
         }
-    };
-    let limits = Limits {
-        max_connections: config.max_connections,
-        grace_period: config.grace_period,
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cores =

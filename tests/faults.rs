@@ -806,3 +806,56 @@ async fn uploads_refused_for_a_storage_outage_do_not_count_against_the_rate_limi
     let reply = upload(server.addr, Some(&auth), b"again".to_vec(), &[]).await;
     assert_eq!(reply.status.as_u16(), 429, "{}", reply.text());
 }
+
+/// A rate-limited HTTP/2 download (curl, h2c) when the server is told to
+/// stop: it arrives whole, as over HTTP/1.1. The connection is closed only
+/// once what was written has been delivered: write side shut, the peer's
+/// frames read and dropped until it closes (a lingering close), so the
+/// kernel never answers unread WINDOW_UPDATEs with a reset that makes the
+/// client discard the end of the download.
+#[tokio::test]
+async fn an_http2_download_survives_a_graceful_stop() {
+    let server = Server::start();
+    let secret = server.add_system("fw1");
+    let content: Vec<u8> = (0..20_000_000u32).map(|i| (i % 253) as u8).collect();
+    server.put("fw1", ID, &content);
+    let url = format!("http://{}{}", server.addr, backup_path(ID));
+    let out = server.data().join("h2c.bin");
+    let curl = {
+        let out = out.clone();
+        std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--fail",
+                "--http2-prior-knowledge",
+                "--limit-rate",
+                "4M",
+            ])
+            .args(["--user", &format!("fw1:{secret}"), "-o"])
+            .arg(&out)
+            .arg(&url)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("curl")
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.signal(15);
+    let (status, stderr) = tokio::task::spawn_blocking(move || {
+        let out = curl.wait_with_output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "curl failed: {stderr}\n{}", server.log());
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(got.len(), content.len(), "{}", server.log());
+    assert!(got == content, "the download differs");
+    let mut server = server;
+    let code = tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}

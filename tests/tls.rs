@@ -248,3 +248,69 @@ fn a_broken_certificate_stops_start_up() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An HTTP/2 download over TLS (ALPN h2, what every HTTPS client
+/// negotiates) when the server is told to stop arrives whole: the
+/// connection is closed only after the peer has what was written.
+#[tokio::test]
+async fn an_https_http2_download_survives_a_graceful_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    make_cert(certs.path(), "only");
+    install(certs.path(), "only");
+    let cert = certs.path().join("cert.pem");
+    let key = certs.path().join("key.pem");
+    let server = Server::start_with(
+        dir,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let secret = server.add_system("fw1");
+    let content: Vec<u8> = (0..20_000_000u32).map(|i| (i % 249) as u8).collect();
+    server.put("fw1", ID, &content);
+    let url = format!(
+        "https://localhost:{}{}",
+        server.addr.port(),
+        backup_path(ID)
+    );
+    let out = server.data().join("h2.bin");
+    let curl = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--http2", "--limit-rate", "4M", "--cacert"])
+        .arg(&cert)
+        .args([
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", server.addr.port()),
+        ])
+        .args([
+            "--user",
+            &format!("fw1:{secret}"),
+            "-w",
+            "%{http_version}",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(&url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.signal(15);
+    let done = tokio::task::spawn_blocking(move || curl.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        done.status.success(),
+        "curl failed: {stderr}\n{}",
+        server.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&done.stdout), "2", "not HTTP/2");
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(got.len(), content.len());
+    assert!(got == content, "the download differs");
+}
