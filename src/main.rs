@@ -424,7 +424,11 @@ fn prepare(config: &ServeConfig) -> Result<(Arc<App>, Option<Arc<Tls>>), String>
     let store = BackupStore::new(DirPath::new(&config.storage), config.create_storage);
     store.refresh();
     if !store.is_available() {
-        tracing::error!(path = %config.storage.display(), "storage root is unavailable; answering 503 until it is back");
+        tracing::error!(
+            path = %config.storage.display(),
+            reason = store.unavailable_reason().unwrap_or_default(),
+            "storage root is unavailable; answering 503 until it is back"
+        );
     }
     if credentials.current().names().is_empty() {
         tracing::info!(

@@ -88,6 +88,11 @@ pub struct BackupStore {
     /// Whether partial uploads left by a crash were swept (once, at the
     /// first open of the root).
     swept: Mutex<bool>,
+    /// Whether a root was ever in use: only the first root may be adopted
+    /// without the marker (see [`STORAGE_MARKER`]).
+    adopted_once: AtomicBool,
+    /// Why the root is unavailable, for the start-up log.
+    unavailable: Mutex<Option<String>>,
     /// Per-system locks serialising commit, retention and delete.
     locks: Mutex<HashMap<SystemName, Arc<tokio::sync::Mutex<()>>>>,
     /// Whether downloads try [`open_backup_cached`] first; false once the
@@ -106,6 +111,8 @@ impl BackupStore {
             create: AtomicBool::new(create),
             root: RwLock::new(None),
             swept: Mutex::new(false),
+            adopted_once: AtomicBool::new(false),
+            unavailable: Mutex::new(None),
             locks: Mutex::new(HashMap::new()),
             cached_opens: AtomicBool::new(true),
             sidecars: SidecarCache::default(),
@@ -141,18 +148,31 @@ impl BackupStore {
     /// directory from the one in use (or drops it if the path no longer opens).
     /// Logs each transition once. Blocking.
     pub fn refresh(&self) {
-        let opened = self
-            .path
-            .open(self.create.load(Ordering::Relaxed))
-            .and_then(|dir| {
-                let meta = dir.dir_metadata()?;
-                Ok(Root {
-                    dev: meta.dev(),
-                    ino: meta.ino(),
-                    dir: Arc::new(dir),
-                })
-            });
+        let create = self.create.load(Ordering::Relaxed);
+        let opened = self.path.open(create).and_then(|dir| {
+            let meta = dir.dir_metadata()?;
+            Ok(Root {
+                dev: meta.dev(),
+                ino: meta.ino(),
+                dir: Arc::new(dir),
+            })
+        });
         let mut root = self.root.write().unwrap_or_else(|e| e.into_inner());
+        let same = |new: &Root| {
+            root.as_ref()
+                .is_some_and(|old| new.dev == old.dev && new.ino == old.ino)
+        };
+        // A root other than the one in use must carry the marker; only the
+        // very first may be given one (see `STORAGE_MARKER`).
+        let opened = opened.and_then(|new| {
+            if same(&new) {
+                return Ok(new);
+            }
+            let first = !self.adopted_once.load(Ordering::Relaxed);
+            check_marker(&new.dir, first, create).map(|()| new)
+        });
+        *self.unavailable.lock().unwrap_or_else(|e| e.into_inner()) =
+            opened.as_ref().err().map(ToString::to_string);
         let path = self.path.path().display();
         match (opened, root.as_ref()) {
             (Ok(new), Some(old)) if new.dev == old.dev && new.ino == old.ino => {}
@@ -163,6 +183,7 @@ impl BackupStore {
                     tracing::info!(path = %path, "storage root is available");
                 }
                 self.create.store(false, Ordering::Relaxed);
+                self.adopted_once.store(true, Ordering::Relaxed);
                 self.sweep_once(&new.dir);
                 *root = Some(new);
             }
@@ -172,6 +193,14 @@ impl BackupStore {
             }
             (Err(_), None) => {}
         }
+    }
+
+    /// Why the root is unavailable (for the log), if it is.
+    pub fn unavailable_reason(&self) -> Option<String> {
+        self.unavailable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Removes partial uploads left by a crash, the first time a root opens.
@@ -446,6 +475,71 @@ fn classify(e: io::Error) -> StoreError {
         StoreError::Full
     } else {
         StoreError::Unavailable(e)
+    }
+}
+
+/// Name of the file that makes a directory a backupd storage root. It
+/// starts with a dot, so it is never a system's directory.
+///
+/// Why: with `--storage` on a mountpoint, a lost mount reveals the empty
+/// directory beneath it. Without a mark of identity the server would take
+/// that for a replaced root and write the next uploads onto the root
+/// filesystem. So a root is used only if it carries this file. backupd
+/// writes it the first time it uses a root: into the default root it
+/// creates, into a root that `systems add` uses, and into the first root
+/// `serve` opens if that one already holds something (existing data, or a
+/// fresh filesystem's `lost+found`). It never writes it into an empty
+/// directory on its own, and never into a root that turns up while it runs.
+pub const STORAGE_MARKER: &str = ".backupd-root";
+
+/// Whether `root` is a storage root backupd may use: it carries
+/// [`STORAGE_MARKER`], or it is the `first` root this process opens and
+/// either was `created` by it or already holds something, in which case it
+/// gets the marker now.
+fn check_marker(root: &Dir, first: bool, created: bool) -> io::Result<()> {
+    match root.symlink_metadata(STORAGE_MARKER) {
+        Ok(meta) if meta.is_file() => return Ok(()),
+        Ok(_) => {
+            return Err(io::Error::other(format!(
+                "{STORAGE_MARKER} is not a regular file"
+            )));
+        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    let holds_something = root.entries()?.next().is_some();
+    if !first || !(created || holds_something) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "no {STORAGE_MARKER} here: not a backupd storage root (a missing mount?); it is never adopted while running. A new, empty root is initialised by `backupd systems add`"
+            ),
+        ));
+    }
+    // A worker confined to another root (Landlock) cannot write here; the
+    // successor it then asks for, started unconfined, writes the marker.
+    match mark_root(root) {
+        Ok(()) => tracing::info!("storage root initialised ({STORAGE_MARKER} written)"),
+        Err(e) => {
+            tracing::info!(error = %e, "storage root adopted; {STORAGE_MARKER} is written by the worker sandboxed to it")
+        }
+    }
+    Ok(())
+}
+
+/// Writes [`STORAGE_MARKER`] into `root` (if missing), durably.
+pub fn mark_root(root: &Dir) -> io::Result<()> {
+    match root.open_with(
+        STORAGE_MARKER,
+        OpenOptions::new().write(true).create_new(true).mode(0o600),
+    ) {
+        Ok(mut file) => {
+            file.write_all(b"backupd storage root: backups are in the directory of each system\n")?;
+            file.sync_all()?;
+            sync_dir(root)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

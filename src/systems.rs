@@ -14,7 +14,7 @@ use cap_std::fs::Dir;
 use crate::backup_id::BackupId;
 use crate::credentials::{Credentials, CredentialsFile, LoadError};
 use crate::sandbox::DirPath;
-use crate::store::sync_dir;
+use crate::store::{mark_root, sync_dir};
 use crate::system_name::{InvalidSystemName, SystemName};
 
 /// Where the credentials file and the storage root are.
@@ -125,6 +125,13 @@ pub fn add(loc: &Locations, name: &str, adopt: bool) -> Result<String, CommandEr
         return Err(CommandError::CaseDuplicate(name, existing.clone()));
     }
     let storage = open_storage(loc)?;
+    // The operator's own command names this root: it is one from now on.
+    mark_root(&storage).map_err(|e| {
+        CommandError::Io(
+            format!("cannot mark the storage root {}", loc.storage.display()),
+            e,
+        )
+    })?;
     let created = match storage.create_dir(name.as_str()) {
         Ok(()) => {
             sync_dir(&storage)

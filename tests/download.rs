@@ -344,22 +344,13 @@ async fn storage_root_missing_is_503_until_it_appears() {
     );
     assert_ne!(code, 0);
     assert!(err.contains("storage root"), "{err}");
-    // ...so register the system with the credentials only, then check 503.
+    // ...so the operator creates it (or mounts it). An empty directory is
+    // not a storage root until backupd has marked it (a lost mount reveals
+    // one just like it): still 503.
     std::fs::create_dir(&storage).unwrap();
-    // Under Landlock the root's appearance brings a new worker sandboxed to
-    // it; let it take over first, or the reload below may be logged by
-    // neither (the old one stops, the new one read the file at its start).
-    if server
-        .log()
-        .contains("self-sandbox (Landlock): fully enforced")
-    {
-        assert!(
-            server.wait_for_log("new worker serves", Duration::from_secs(2)),
-            "{}",
-            server.log()
-        );
-    }
-    let reloads = server.count_log("credentials reloaded");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!server.log().contains("storage root is available"));
+    // `systems add` naming it marks it; the server takes it within 2 s.
     let (code, secret, err) = cli(
         server.data(),
         &[
@@ -371,7 +362,19 @@ async fn storage_root_missing_is_503_until_it_appears() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    server.wait_for_reload(reloads);
+    assert!(storage.join(".backupd-root").is_file());
+    // Under Landlock the root's appearance brings a new worker sandboxed to
+    // it, which reads the credentials at its start.
+    if server
+        .log()
+        .contains("self-sandbox (Landlock): fully enforced")
+    {
+        assert!(
+            server.wait_for_log("new worker serves", Duration::from_secs(2)),
+            "{}",
+            server.log()
+        );
+    }
     let auth = basic("fw1", secret.trim());
     assert!(server.wait_for_log("storage root is available", Duration::from_secs(2)));
     let outages = server.count_log("storage root is unavailable");
@@ -400,9 +403,10 @@ async fn storage_root_missing_is_503_until_it_appears() {
     );
     std::fs::remove_file(&storage).unwrap();
 
-    // The root appears: served within 2 s, without a restart.
-    std::fs::create_dir_all(storage.join("fw1")).unwrap();
-    std::fs::write(storage.join("fw1").join(ID), b"on the mount").unwrap();
+    // The root comes back: served within 2 s, without a restart.
+    let elsewhere = server.data().join("elsewhere");
+    std::fs::write(elsewhere.join("fw1").join(ID), b"on the mount").unwrap();
+    std::fs::rename(&elsewhere, &storage).unwrap();
     let start = std::time::Instant::now();
     loop {
         let reply = get(server.addr, &backup_path(ID), Some(&auth)).await;
@@ -418,10 +422,26 @@ async fn storage_root_missing_is_503_until_it_appears() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Replaced while running: the new directory is used within 2 s.
+    // Replaced while running by a directory without the marker (a mount
+    // lost, revealing what is beneath): never adopted, 503 and an ERROR.
     std::fs::rename(&storage, server.data().join("old-mount")).unwrap();
     std::fs::create_dir_all(storage.join("fw1")).unwrap();
     std::fs::write(storage.join("fw1").join(ID), b"new mount").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reply = get(server.addr, &backup_path(ID), Some(&auth)).await;
+    assert_json_error(&reply, 503, UNAVAILABLE_BODY);
+    assert!(
+        server.log().contains("no .backupd-root here"),
+        "{}",
+        server.log()
+    );
+    // With the marker (a restored or remounted root carries it): used
+    // within 2 s.
+    std::fs::copy(
+        server.data().join("old-mount/.backupd-root"),
+        storage.join(".backupd-root"),
+    )
+    .unwrap();
     let start = std::time::Instant::now();
     loop {
         let reply = get(server.addr, &backup_path(ID), Some(&auth)).await;

@@ -648,6 +648,13 @@ async fn a_replaced_storage_root_takes_uploads_and_deletes_without_a_restart() {
 
     std::fs::rename(&storage, server.data().join("old-mount")).unwrap();
     std::fs::create_dir_all(storage.join("fw1")).unwrap();
+    // A restored or remounted root carries backupd's marker; a directory
+    // without it is never adopted while running.
+    std::fs::copy(
+        server.data().join("old-mount/.backupd-root"),
+        storage.join(".backupd-root"),
+    )
+    .unwrap();
     // Until the watcher notices (within 2 s), uploads still go to the old
     // directory, as downloads still come from it.
     assert!(
@@ -723,6 +730,9 @@ async fn a_storage_root_missing_at_start_takes_uploads_once_it_appears() {
         server.log()
     );
     let id = upload_until_stored(&server, &auth, b"after the mount", Duration::from_secs(4)).await;
+    // The first root this server uses gets the marker (from the worker
+    // sandboxed to it).
+    assert!(storage.join(".backupd-root").is_file());
     let reply = get(server.addr, &backup_path(&id), Some(&auth)).await;
     assert_eq!(&reply.body[..], b"after the mount");
 }
@@ -858,4 +868,134 @@ async fn an_http2_download_survives_a_graceful_stop() {
         .await
         .unwrap();
     assert_eq!(code, Some(0));
+}
+
+/// With `--storage` on a mountpoint, losing the mount reveals the empty
+/// directory beneath it. That is not the storage root: it lacks the marker
+/// backupd wrote into the real one, so it is never adopted: 503, /readyz
+/// 503, an ERROR, and no upload lands on the root filesystem. When the
+/// mount is back, everything is.
+#[tokio::test]
+async fn a_lost_mount_is_never_taken_for_the_storage_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(mnt.join("fw1")).unwrap();
+    let server = Server::start_with(
+        dir,
+        &[
+            "--storage",
+            mnt.to_str().unwrap(),
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--upload-rate-per-minute",
+            "0",
+        ],
+    );
+    let admin = admin_addr(&server);
+    let auth = basic("fw1", &server.add_system("fw1"));
+    assert!(
+        mnt.join(".backupd-root").is_file(),
+        "the first root was not marked"
+    );
+    let mounted = server.data().join("the-filesystem");
+    std::fs::rename(&mnt, &mounted).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let start = std::time::Instant::now();
+    while get(admin, "/readyz", None).await.status.as_u16() != 503 {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "readyz stayed 200"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(get(admin, "/readyz", None).await.status.as_u16(), 503);
+    let reply = upload(server.addr, Some(&auth), b"must not land".to_vec(), &[]).await;
+    assert_unavailable(&reply);
+    assert_eq!(
+        names_in(&mnt),
+        Vec::<String>::new(),
+        "something was written"
+    );
+    let log = server.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("no .backupd-root here")),
+        "{log}"
+    );
+    // The mount is back.
+    std::fs::remove_dir(&mnt).unwrap();
+    std::fs::rename(&mounted, &mnt).unwrap();
+    let start = std::time::Instant::now();
+    while get(admin, "/readyz", None).await.status.as_u16() != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "not back within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let reply = upload_until_stored(&server, &auth, b"landed", Duration::from_secs(4)).await;
+    assert_eq!(
+        std::fs::read(mnt.join("fw1").join(&reply)).unwrap(),
+        b"landed"
+    );
+}
+
+/// An HTTP/2 download on a worker retired by a storage-root replacement
+/// (it is told to stop, as by SIGTERM, once its successor serves) arrives
+/// whole.
+#[tokio::test]
+async fn an_http2_download_survives_its_worker_being_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(mnt.join("fw1")).unwrap();
+    let server = Server::start_with(dir, &["--storage", mnt.to_str().unwrap()]);
+    if !server
+        .log()
+        .contains("self-sandbox (Landlock): fully enforced")
+    {
+        // Without Landlock one worker serves every root: nothing is retired.
+        return;
+    }
+    let secret = server.add_system("fw1");
+    let content: Vec<u8> = (0..20_000_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(mnt.join("fw1").join(ID), &content).unwrap();
+    let out = server.data().join("h2c.bin");
+    let curl = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--http2-prior-knowledge",
+            "--limit-rate",
+            "4M",
+        ])
+        .args(["--user", &format!("fw1:{secret}"), "-o"])
+        .arg(&out)
+        .arg(format!("http://{}{}", server.addr, backup_path(ID)))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A restore: the root is replaced by a copy that carries the marker.
+    let old = server.data().join("old-mnt");
+    std::fs::rename(&mnt, &old).unwrap();
+    std::fs::create_dir_all(mnt.join("fw1")).unwrap();
+    std::fs::copy(old.join(".backupd-root"), mnt.join(".backupd-root")).unwrap();
+    assert!(
+        server.wait_for_log("new worker serves", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let done = tokio::task::spawn_blocking(move || curl.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        done.status.success(),
+        "curl failed: {}\n{}",
+        String::from_utf8_lossy(&done.stderr),
+        server.log()
+    );
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(got.len(), content.len());
+    assert!(got == content, "the download differs");
 }

@@ -400,8 +400,15 @@ async fn a_full_disk_is_507_and_leaves_nothing() {
         }
     }
     let _unmount = Unmount(mnt.clone());
+    // A new, empty mount becomes a storage root through `systems add`
+    // naming it (which marks it).
+    let (code, secret, err) = cli(
+        dir.path(),
+        &["systems", "add", "fw1", "--storage", mnt.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
     let server = Server::start_with(dir, &["--storage", mnt.to_str().unwrap()]);
-    let auth = basic("fw1", &server.add_system("fw1"));
+    let auth = basic("fw1", secret.trim_end());
     let reply = upload(server.addr, Some(&auth), vec![9; 3 << 20], &[]).await;
     assert_error(
         &reply,
