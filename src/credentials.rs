@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use cap_std::fs::{OpenOptions, OpenOptionsExt, PermissionsExt};
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt, PermissionsExt};
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
@@ -325,6 +325,26 @@ impl CredentialsFile {
     }
 }
 
+/// The stamp of `name` in `dir` (following a symlink: the file may be
+/// managed elsewhere), without asking a network filesystem to sync.
+fn stamp_of(dir: &Dir, name: &std::ffi::OsStr) -> Option<Stamp> {
+    use rustix::fs::{AtFlags, StatxFlags, statx};
+    let st = statx(
+        dir,
+        name,
+        AtFlags::STATX_DONT_SYNC,
+        StatxFlags::BASIC_STATS,
+    )
+    .ok()?;
+    Some(Stamp {
+        dev: (st.stx_dev_major, st.stx_dev_minor),
+        ino: st.stx_ino,
+        size: st.stx_size,
+        mtime: (st.stx_mtime.tv_sec, st.stx_mtime.tv_nsec),
+        ctime: (st.stx_ctime.tv_sec, st.stx_ctime.tv_nsec),
+    })
+}
+
 /// Why the credentials could not be loaded.
 #[derive(Debug)]
 pub enum LoadError {
@@ -354,6 +374,23 @@ pub struct CredentialStore {
     /// Digest of the file content last seen, good or bad, so each change is
     /// acted on (and each broken version logged) once.
     last_seen: Mutex<Option<[u8; 32]>>,
+    /// The credentials file's directory, opened once, for the check every
+    /// request makes ([`fresh`](Self::fresh)).
+    dir: Option<Dir>,
+    /// What the file looked like when it was last read.
+    stamp: Mutex<Option<Stamp>>,
+}
+
+/// What identifies one version of the credentials file: `systems add` and
+/// `remove` replace it (a new inode), an editor may rewrite it in place (a
+/// new size or times).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: (u32, u32),
+    ino: u64,
+    size: u64,
+    mtime: (i64, u32),
+    ctime: (i64, u32),
 }
 
 impl CredentialStore {
@@ -362,15 +399,39 @@ impl CredentialStore {
         if file.create_if_missing().map_err(LoadError::Io)? {
             tracing::info!(path = %file.display(), "created an empty credentials file (mode 0600)");
         }
+        let dir = file.dir().open(false).ok();
+        let stamp = dir.as_ref().and_then(|dir| stamp_of(dir, file.file.name()));
         let bytes = file.read().map_err(LoadError::Io)?.unwrap_or_default();
         let creds = Credentials::parse(&bytes).map_err(LoadError::Parse)?;
         let store = CredentialStore {
             file,
             current: RwLock::new(Arc::new(creds)),
             last_seen: Mutex::new(Some(Sha256::digest(&bytes).into())),
+            dir,
+            stamp: Mutex::new(stamp),
         };
         store.warn_if_exposed();
         Ok(store)
+    }
+
+    /// The credentials in force, as the file says right now: if the file
+    /// changed since it was last read (one `statx`, no read), it is reloaded
+    /// first, so a change made by `systems add|remove` is in force for the
+    /// very next request. The reload reads the file on the calling thread:
+    /// it happens once per change, and a request must not be answered
+    /// against credentials the operator has already replaced.
+    pub fn fresh(&self) -> Arc<Credentials> {
+        if let Some(dir) = &self.dir {
+            let now = stamp_of(dir, self.file.file.name());
+            let changed = {
+                let seen = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+                now.is_some() && now != *seen
+            };
+            if changed {
+                self.reload(false);
+            }
+        }
+        self.current()
     }
 
     /// The credentials in force.
@@ -402,6 +463,12 @@ impl CredentialStore {
     /// `forced` (SIGHUP) logs the outcome even when nothing changed.
     /// Blocking: call from a blocking thread.
     pub fn reload(&self, forced: bool) {
+        // Noted before reading: a change made during the read shows as a
+        // different stamp next time.
+        if let Some(dir) = &self.dir {
+            *self.stamp.lock().unwrap_or_else(|e| e.into_inner()) =
+                stamp_of(dir, self.file.file.name());
+        }
         let bytes = match self.file.read() {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {

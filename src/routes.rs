@@ -237,7 +237,7 @@ async fn item<B>(
 }
 
 fn authenticate<B>(app: &App, req: &Request<B>, log: &mut RequestLog) -> Result<SystemName, Error> {
-    let creds = app.credentials.current();
+    let creds = app.credentials.fresh();
     let system = auth::authenticate(req.headers(), &creds).map_err(|reason| {
         tracing::warn!(peer = %log.peer, reason = reason.as_str(), "authentication failed");
         app.metrics.auth_failure();

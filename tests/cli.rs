@@ -268,6 +268,31 @@ async fn a_world_readable_credentials_file_is_warned_about() {
     );
 }
 
+/// The README's own example: `systems add`, then at once a request with
+/// the new secret. A change made by `systems add|remove` is in force for
+/// the very next request (no polling delay), every time.
+#[tokio::test]
+async fn systems_added_and_removed_are_in_force_for_the_very_next_request() {
+    let server = Server::start();
+    let dir = server.data().to_path_buf();
+    for round in 0..5 {
+        let name = format!("fw{round}");
+        let (code, secret, err) = cli(&dir, &["systems", "add", &name]);
+        assert_eq!(code, 0, "{err}");
+        let auth = basic(&name, secret.trim());
+        let reply = get(server.addr, "/api/systems/backups", Some(&auth)).await;
+        assert_eq!(reply.status, StatusCode::OK, "round {round}: add not in force");
+        let (code, _, err) = cli(&dir, &["systems", "remove", &name]);
+        assert_eq!(code, 0, "{err}");
+        let reply = get(server.addr, "/api/systems/backups", Some(&auth)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNAUTHORIZED,
+            "round {round}: remove not in force"
+        );
+    }
+}
+
 #[tokio::test]
 async fn systems_added_and_removed_take_effect_within_2_s() {
     let server = Server::start();
