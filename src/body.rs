@@ -5,6 +5,7 @@ use std::io;
 use std::num::NonZeroU64;
 use std::os::unix::fs::FileExt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 
@@ -16,9 +17,71 @@ use tokio::task::JoinHandle;
 use crate::config::{READ_AHEAD_BYTES, READ_CHUNK_BYTES};
 use crate::zerocopy::{self, Outbox};
 
-/// Called once when a streamed body ends: bytes delivered to hyper, and
-/// whether that was the whole file.
+/// Called once when a streamed body is over: the bytes of it written to
+/// the connection, and whether that was all of them.
 pub type OnEnd = Box<dyn FnOnce(u64, bool) + Send>;
+
+/// The bytes of one frame, counted as the connection writes them out.
+///
+/// hyper calls [`Buf::advance`] on a frame once it has written that many of
+/// its bytes to the socket (HTTP/1.1, including zero-copy markers sent with
+/// `sendfile`) or to the HTTP/2 connection's send buffer, which only ever
+/// holds what the peer's flow-control window admits. Bytes handed to hyper
+/// but still queued when the client goes away are never advanced, so a
+/// download's count is what actually left, not what was queued.
+pub struct Sent {
+    bytes: Bytes,
+    delivery: Option<Arc<Delivery>>,
+}
+
+impl From<Bytes> for Sent {
+    fn from(bytes: Bytes) -> Self {
+        Sent {
+            bytes,
+            delivery: None,
+        }
+    }
+}
+
+impl bytes::Buf for Sent {
+    fn remaining(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn chunk(&self) -> &[u8] {
+        // The very slice of the frame: a zero-copy marker keeps its address.
+        &self.bytes
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.bytes.advance(n);
+        if let Some(delivery) = &self.delivery {
+            delivery.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a download has written out; reports it ([`OnEnd`]) once the body
+/// and every frame of it are gone, that is, when nothing more can be sent.
+struct Delivery {
+    written: AtomicU64,
+    len: u64,
+    on_end: Mutex<Option<OnEnd>>,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        let on_end = self
+            .on_end
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(on_end) = on_end {
+            let written = *self.written.get_mut();
+            on_end(written, written == self.len);
+        }
+    }
+}
 
 /// Every response body the server sends.
 pub enum Body {
@@ -42,16 +105,19 @@ impl Body {
 }
 
 impl http_body::Body for Body {
-    type Data = Bytes;
+    type Data = Sent;
     type Error = io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+    ) -> Poll<Option<io::Result<Frame<Sent>>>> {
         match self.get_mut() {
-            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Body::File(file) => Pin::new(file).poll_frame(cx),
+            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(Sent::from(b))))),
+            Body::File(file) => {
+                let polled = Pin::new(&mut *file).poll_frame(cx);
+                polled.map(|next| next.map(|frame| frame.map(|f| f.map_data(|b| file.sent(b)))))
+            }
         }
     }
 
@@ -137,7 +203,10 @@ pub struct FileBody {
     nowait: bool,
     /// The connection's zero-copy queue (plain HTTP/1.x only).
     outbox: Option<Arc<Outbox>>,
-    on_end: Option<OnEnd>,
+    /// Shared with every frame: reports once the last of them is gone.
+    delivery: Arc<Delivery>,
+    /// A read failed: the stream has ended short.
+    failed: bool,
 }
 
 /// A chunk read on the blocking pool; it gives back the buffer, how many
@@ -169,7 +238,12 @@ impl FileBody {
             in_flight: None,
             nowait: true,
             outbox,
-            on_end: Some(on_end),
+            delivery: Arc::new(Delivery {
+                written: AtomicU64::new(0),
+                len,
+                on_end: Mutex::new(Some(on_end)),
+            }),
+            failed: false,
         }
     }
 
@@ -177,16 +251,18 @@ impl FileBody {
         self.sent == self.len
     }
 
-    fn finish(&mut self) {
-        if let Some(on_end) = self.on_end.take() {
-            on_end(self.sent, self.sent == self.len);
+    /// A frame of this body, counted as it is written.
+    fn sent(&self, frame: Bytes) -> Sent {
+        Sent {
+            bytes: frame,
+            delivery: Some(self.delivery.clone()),
         }
     }
 
     fn fail(&mut self, e: io::Error) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         // Ends the stream: `sent` stays short of `len`, so `is_end_stream`
-        // stays false and `on_end` reports an incomplete download.
-        self.finish();
+        // stays false and the delivery reports an incomplete download.
+        self.failed = true;
         Poll::Ready(Some(Err(e)))
     }
 
@@ -214,12 +290,8 @@ impl FileBody {
                 Err(join) => self.fail(io::Error::other(join)),
             };
         }
-        if self.sent == self.len {
-            self.finish();
-            return Poll::Ready(None);
-        }
-        if self.on_end.is_none() {
-            // Failed before: stay ended.
+        if self.sent == self.len || self.failed {
+            // Done, or failed before: stay ended.
             return Poll::Ready(None);
         }
         let want = (self.len - self.sent).min(READ_CHUNK_BYTES as u64) as usize;
@@ -258,13 +330,6 @@ impl FileBody {
         }));
         // Registers the waker with the read just started.
         self.poll_frame(cx)
-    }
-}
-
-impl Drop for FileBody {
-    fn drop(&mut self) {
-        // The client went away mid-stream (or a HEAD never polled the body).
-        self.finish();
     }
 }
 

@@ -329,13 +329,7 @@ impl CredentialsFile {
 /// managed elsewhere), without asking a network filesystem to sync.
 fn stamp_of(dir: &Dir, name: &std::ffi::OsStr) -> Option<Stamp> {
     use rustix::fs::{AtFlags, StatxFlags, statx};
-    let st = statx(
-        dir,
-        name,
-        AtFlags::STATX_DONT_SYNC,
-        StatxFlags::BASIC_STATS,
-    )
-    .ok()?;
+    let st = statx(dir, name, AtFlags::STATX_DONT_SYNC, StatxFlags::BASIC_STATS).ok()?;
     Some(Stamp {
         dev: (st.stx_dev_major, st.stx_dev_minor),
         ino: st.stx_ino,

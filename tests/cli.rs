@@ -281,7 +281,11 @@ async fn systems_added_and_removed_are_in_force_for_the_very_next_request() {
         assert_eq!(code, 0, "{err}");
         let auth = basic(&name, secret.trim());
         let reply = get(server.addr, "/api/systems/backups", Some(&auth)).await;
-        assert_eq!(reply.status, StatusCode::OK, "round {round}: add not in force");
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "round {round}: add not in force"
+        );
         let (code, _, err) = cli(&dir, &["systems", "remove", &name]);
         assert_eq!(code, 0, "{err}");
         let reply = get(server.addr, "/api/systems/backups", Some(&auth)).await;

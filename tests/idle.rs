@@ -227,3 +227,62 @@ async fn a_busy_http2_connection_is_not_idle() {
         tokio::time::sleep(IDLE / 2).await;
     }
 }
+
+/// A download is logged complete only if every byte was written out. Here
+/// a raw HTTP/2 client never opens its flow-control window beyond the
+/// initial 65,535 bytes, reads what that admits of a 150,000-byte backup
+/// (one frame, which hyper takes whole into its buffers) and closes: the
+/// request line says complete=false and counts at most what was sent.
+#[tokio::test]
+async fn a_download_cut_short_is_logged_with_the_bytes_written_out() {
+    let server = Server::start_with(tempfile::tempdir().unwrap(), &["--log-format", "json"]);
+    let secret = server.add_system("fw1");
+    server.put("fw1", ID, &vec![3u8; 150_000]);
+    let mut stream = within(STEP, TcpStream::connect(server.addr)).await.unwrap();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    let mut block = Vec::new();
+    block.extend(literal(":method", "GET"));
+    block.extend(literal(":scheme", "http"));
+    block.extend(literal(":path", &backup_path(ID)));
+    block.extend(literal(":authority", "backupd.test"));
+    block.extend(literal("authorization", &basic("fw1", &secret)));
+    hello.extend(frame(0x1, 0x5, 1, &block));
+    within(STEP, stream.write_all(&hello)).await.unwrap();
+    let mut data = 0usize;
+    within(STEP, async {
+        while data < 65_535 {
+            let mut head = [0u8; 9];
+            stream.read_exact(&mut head).await.unwrap();
+            let len =
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            stream.read_exact(&mut payload).await.unwrap();
+            match (head[3], head[4] & 1) {
+                (0x4, 0) => stream.write_all(&frame(0x4, 1, 0, &[])).await.unwrap(),
+                (0x0, _) => data += len,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    // All but the last part arrived; the client goes away.
+    drop(stream);
+    assert!(
+        server.wait_for_log("\"status\":200", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    let line: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "request" && l["status"] == 200)
+        .unwrap();
+    assert_eq!(line["complete"], false, "{line}");
+    let bytes = line["bytes"].as_u64().unwrap();
+    assert!(
+        bytes <= 65_535,
+        "{bytes} counted of 65,535 the window let out: {line}"
+    );
+}
