@@ -136,6 +136,18 @@ pub const DEFAULT_UPLOADS_PER_MINUTE: u32 = 6;
 /// Default uploads allowed per system per hour (`--upload-rate-per-hour`).
 pub const DEFAULT_UPLOADS_PER_HOUR: u32 = 60;
 
+/// Default most downloads one system may have in flight at once
+/// (`--max-downloads-per-system`): a restore, or a client that splits one
+/// over a few connections (`aria2c -x4`), fits; one tenant cannot hold the
+/// connections and buffers every other tenant needs. Each download holds
+/// at most one [`READ_CHUNK_BYTES`] buffer, so one system's downloads
+/// hold at most 8 x 192 KiB = 1.5 MiB.
+pub const DEFAULT_MAX_DOWNLOADS_PER_SYSTEM: u32 = 8;
+
+/// `Retry-After` (seconds) of a 429 for a system over its concurrent
+/// downloads: one of its own downloads has to finish first.
+pub const DOWNLOAD_RETRY_AFTER_SECONDS: u64 = 5;
+
 /// Default backups kept per system (`--retention-count`).
 pub const DEFAULT_RETENTION_COUNT: u32 = 10;
 
@@ -165,6 +177,8 @@ pub struct Policy {
     pub retention_bytes: u64,
     /// Refuse DELETE: only retention removes backups.
     pub append_only: bool,
+    /// Most downloads one system may have in flight at once; 0 = no cap.
+    pub max_downloads_per_system: u32,
 }
 
 impl Default for Policy {
@@ -177,6 +191,7 @@ impl Default for Policy {
             retention_count: DEFAULT_RETENTION_COUNT,
             retention_bytes: 0,
             append_only: false,
+            max_downloads_per_system: DEFAULT_MAX_DOWNLOADS_PER_SYSTEM,
         }
     }
 }

@@ -45,6 +45,11 @@ pub enum Error {
         /// Seconds until the next upload is admitted.
         retry_after_seconds: u64,
     },
+    /// The system has its most downloads in flight: 429 with `Retry-After`.
+    TooManyDownloads {
+        /// Seconds to wait before trying again.
+        retry_after_seconds: u64,
+    },
     /// The body was shorter or longer than `Content-Length`: 400.
     LengthMismatch,
     /// The body does not match `Content-Digest`: 400.
@@ -71,7 +76,9 @@ impl Error {
             Error::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Error::LengthRequired => StatusCode::LENGTH_REQUIRED,
             Error::UploadTooLarge { .. } | Error::QuotaExceeded => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::RateLimited { .. } | Error::TooManyDownloads { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Error::LengthMismatch | Error::ChecksumMismatch => StatusCode::BAD_REQUEST,
             Error::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             Error::AppendOnly => StatusCode::FORBIDDEN,
@@ -113,6 +120,12 @@ impl Error {
                         "upload rate limit exceeded",
                         json!({ "retry_after_seconds": retry_after_seconds }),
                     ),
+                    Error::TooManyDownloads {
+                        retry_after_seconds,
+                    } => (
+                        "too many concurrent downloads",
+                        json!({ "retry_after_seconds": retry_after_seconds }),
+                    ),
                     Error::LengthMismatch => ("upload length mismatch", json!({})),
                     Error::ChecksumMismatch => ("checksum mismatch", json!({})),
                     Error::InsufficientStorage => ("insufficient storage", json!({})),
@@ -144,6 +157,9 @@ impl Error {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
             }
             Error::RateLimited {
+                retry_after_seconds,
+            }
+            | Error::TooManyDownloads {
                 retry_after_seconds,
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds));

@@ -151,6 +151,10 @@ struct ServeArgs {
     /// secret cannot wipe a system's history.
     #[arg(long, env = "BACKUPD_APPEND_ONLY")]
     append_only: bool,
+    /// Most downloads one system may have in flight at once (429 above);
+    /// 0 = no cap.
+    #[arg(long, env = "BACKUPD_MAX_DOWNLOADS_PER_SYSTEM", default_value_t = config::DEFAULT_MAX_DOWNLOADS_PER_SYSTEM)]
+    max_downloads_per_system: u32,
 }
 
 #[derive(Subcommand)]
@@ -251,6 +255,7 @@ fn main() -> ExitCode {
                 retention_count: args.retention_count,
                 retention_bytes: args.retention_bytes,
                 append_only: args.append_only,
+                max_downloads_per_system: args.max_downloads_per_system,
             },
         }),
         Command::Systems(command) => manage(&locations, command),

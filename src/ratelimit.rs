@@ -1,10 +1,11 @@
-//! Per-system upload rate limits: sliding windows of a minute and an hour.
+//! Per-system limits: upload rate (sliding windows of a minute and an
+//! hour) and concurrent downloads.
 //!
 //! State is in memory: a restart forgets it, which errs on the side of
 //! letting a system back up.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::system_name::SystemName;
@@ -74,6 +75,54 @@ impl UploadRateLimiter {
         }
         history.push_back(now);
         Ok(())
+    }
+}
+
+/// How many downloads each system has in flight, capped.
+pub struct DownloadSlots {
+    cap: u32,
+    in_flight: Arc<Mutex<HashMap<SystemName, u32>>>,
+}
+
+/// One download's slot; given back when dropped (its body is over).
+pub struct DownloadSlot {
+    system: SystemName,
+    in_flight: Arc<Mutex<HashMap<SystemName, u32>>>,
+}
+
+impl DownloadSlots {
+    /// At most `cap` downloads per system at once; 0 = no cap.
+    pub fn new(cap: u32) -> Self {
+        DownloadSlots {
+            cap,
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// A slot for one more download of `system`, or `None` if it has `cap`.
+    pub fn take(&self, system: &SystemName) -> Option<DownloadSlot> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let count = in_flight.entry(system.clone()).or_default();
+        if self.cap > 0 && *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(DownloadSlot {
+            system: system.clone(),
+            in_flight: self.in_flight.clone(),
+        })
+    }
+}
+
+impl Drop for DownloadSlot {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = in_flight.get_mut(&self.system) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.remove(&self.system);
+            }
+        }
     }
 }
 

@@ -23,13 +23,13 @@ use serde_json::json;
 use crate::auth;
 use crate::backup_id::BackupId;
 use crate::body::{Body, FileBody};
-use crate::config::{MAX_ECHOED_ID_CHARS, Policy};
+use crate::config::{DOWNLOAD_RETRY_AFTER_SECONDS, MAX_ECHOED_ID_CHARS, Policy};
 use crate::credentials::CredentialStore;
 use crate::error::{Error, json_response, truncate_chars};
 use crate::metadata::{BackupInfo, MIMETYPE};
 use crate::metrics::{Metrics, Route};
 use crate::ranges::{self, Selection};
-use crate::ratelimit::UploadRateLimiter;
+use crate::ratelimit::{DownloadSlots, UploadRateLimiter};
 use crate::store::{BackupStore, StoreError};
 use crate::system_name::SystemName;
 use crate::upload::{self, ReceiveError};
@@ -60,6 +60,8 @@ pub struct App {
     pub policy: Policy,
     /// Upload admissions per system.
     pub uploads: UploadRateLimiter,
+    /// Downloads in flight per system.
+    pub downloads: DownloadSlots,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
 }
@@ -73,6 +75,7 @@ impl App {
             store,
             policy,
             uploads,
+            downloads: DownloadSlots::new(policy.max_downloads_per_system),
             metrics: Arc::new(Metrics::default()),
         }
     }
@@ -274,6 +277,11 @@ async fn download<B>(
     outbox: Option<Arc<Outbox>>,
     log: &RequestLog,
 ) -> Result<Response<Body>, Error> {
+    // A slot for the whole of the body (given back when the download is
+    // over); a HEAD holds one only while it is answered.
+    let slot = app.downloads.take(system).ok_or(Error::TooManyDownloads {
+        retry_after_seconds: DOWNLOAD_RETRY_AFTER_SECONDS,
+    })?;
     let backup = app
         .store
         .open(system, &id)
@@ -323,7 +331,10 @@ async fn download<B>(
             start,
             count,
             outbox,
-            Box::new(move |sent, complete| log.write(status, sent, complete)),
+            Box::new(move |sent, complete| {
+                drop(slot);
+                log.write(status, sent, complete)
+            }),
         ))
     };
     Ok(builder

@@ -576,3 +576,68 @@ async fn a_file_truncated_while_streaming_aborts_the_transfer() {
     assert_eq!(&reply.body[..], b"fine again");
     assert!(server.wait_for_log("complete=false", Duration::from_secs(2)));
 }
+
+/// One system cannot hold every connection and buffer: past
+/// `--max-downloads-per-system` its downloads get 429 with Retry-After,
+/// while other systems are served; a finished download frees its slot.
+#[tokio::test]
+async fn one_system_gets_429_past_its_concurrent_downloads() {
+    let server = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &["--max-downloads-per-system", "2"],
+    );
+    let fw1 = basic("fw1", &server.add_system("fw1"));
+    let fw2 = basic("fw2", &server.add_system("fw2"));
+    let big = vec![1u8; 32 << 20];
+    server.put("fw1", ID, &big);
+    server.put("fw2", ID, b"other tenant");
+    // Two downloads in flight, not read.
+    let first = open(
+        server.addr,
+        false,
+        hyper::Method::GET,
+        &backup_path(ID),
+        Some(&fw1),
+    )
+    .await;
+    let second = open(
+        server.addr,
+        true,
+        hyper::Method::GET,
+        &backup_path(ID),
+        Some(&fw1),
+    )
+    .await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(second.status(), StatusCode::OK);
+    let third = get(server.addr, &backup_path(ID), Some(&fw1)).await;
+    assert_eq!(third.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(third.header("retry-after"), Some("5"));
+    assert_eq!(
+        third.text(),
+        r#"{"code":429,"message":"too many concurrent downloads","data":{"retry_after_seconds":5}}"#
+    );
+    // Another tenant is not affected.
+    let other = get(server.addr, &backup_path(ID), Some(&fw2)).await;
+    assert_eq!(&other.body[..], b"other tenant");
+    // A download that ends frees its slot.
+    drop(first);
+    let start = std::time::Instant::now();
+    loop {
+        let res = open(
+            server.addr,
+            false,
+            hyper::Method::HEAD,
+            &backup_path(ID),
+            Some(&fw1),
+        )
+        .await;
+        if res.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(start.elapsed() < Duration::from_secs(5), "slot never freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(second);
+}
