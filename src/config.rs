@@ -34,7 +34,7 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// on HTTP/1.1, no byte moved in either direction (a stalled reader of a
 /// download); on HTTP/2, no request in progress or no body frame of one
 /// moved, whatever PINGs or other control frames flow (see
-/// [`crate::server::Activity`]). Long enough for a slow link between two
+/// [`crate::http::server::Activity`]). Long enough for a slow link between two
 /// chunks of a download, short enough that idle sockets do not hold the
 /// connection slots.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -76,7 +76,7 @@ pub const CREDENTIALS_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 pub const RETRY_AFTER_SECONDS: u32 = 5;
 
 /// Bytes read from a backup file per chunk, and so the size of the one
-/// buffer a download holds (see [`crate::body::FileBody`]): 64 concurrent
+/// buffer a download holds (see [`crate::http::body::FileBody`]): 64 concurrent
 /// downloads hold 12 MiB. Profiling showed the per-chunk cost is now a
 /// syscall or two, not a thread hop, so 128-256 KiB measured alike on
 /// loopback (`bench/run.sh`); larger ones only multiply memory by the number

@@ -7,8 +7,8 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
-use crate::body::Body;
 use crate::config::{MAX_ECHOED_ID_CHARS, RETRY_AFTER_SECONDS};
+use crate::http::body::Body;
 
 /// Everything a request to backupd can fail with.
 #[derive(Debug, Clone, PartialEq, Eq)]

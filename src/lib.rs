@@ -12,36 +12,40 @@
 //! * a backup id is a parsed [`BackupId`](backup_id::BackupId): nothing
 //!   downstream ever sees the raw string;
 //! * secrets are stored salted and hashed and compared in constant time, with
-//!   the same work for unknown systems ([`credentials::Credentials::verify`]).
+//!   the same work for unknown systems ([`auth::credentials::Credentials::verify`]).
 //!
 //! # Layout
 //!
+//! Three rooms, each calling only the one below it: [`http`] speaks the
+//! protocol, [`service`] decides what a request does, [`storage`] keeps
+//! the bytes. Around them:
+//!
 //! * [`config`]: every limit and default, named and documented.
+//! * [`system_name`], [`backup_id`]: `SystemName` and `BackupId`, the only
+//!   spellings of a system name and a backup id.
+//! * [`auth`]: `Authorization` header to an authenticated system; its
+//!   [`auth::credentials`] file: format, hashing, verification, live reload.
+//! * [`error`]: the error enum and its JSON envelope.
+//! * [`metrics`]: counters, rendered in Prometheus text format.
 //! * [`sandbox`]: the one ambient entry point to the filesystem.
 //! * [`confine`]: the Landlock self-sandbox applied after start-up.
-//! * [`system_name`]: `SystemName`, the only spelling of a system name.
-//! * [`backup_id`]: `BackupId`, the only spelling of a backup id.
-//! * [`credentials`]: the credentials file: format, hashing, verification,
-//!   live reload.
-//! * [`auth`]: `Authorization` header to credentials to an authenticated system.
-//! * [`store`]: `BackupStore`: the storage root watcher and every sandboxed
-//!   file operation (open, list, delete, upload, prune).
-//! * [`metadata`]: what is known about a backup, and its sidecar record.
-//! * [`upload`]: receiving an upload: file name, extension, digest, body.
-//! * [`ranges`]: `ETag`, conditional and range requests.
-//! * [`ratelimit`]: per-system upload rate limits.
-//! * [`metrics`]: counters, rendered in Prometheus text format.
-//! * [`tls`]: rustls, with the certificate reloaded on SIGHUP.
-//! * [`admin`]: the optional admin listener: `/metrics`, `/healthz`, `/readyz`.
-//! * [`body`]: response bodies; streams a backup with flat memory.
-//! * [`zerocopy`]: cached chunks sent with `sendfile` under hyper's framing.
-//! * [`error`]: the error enum and its JSON envelope.
-//! * [`routes`]: dispatch of (method, path) to handlers; the one place errors
-//!   become responses.
 //! * [`supervise`]: the unconfined parent that holds the sockets and runs
 //!   the server in a sandboxed worker, replaced when the storage root is.
-//! * [`server`]: the accept loop: connection cap, timeouts, graceful drain.
 //! * [`systems`]: the `backupd systems add|remove|list` commands.
+//!
+//! [`http`]: [`http::server`] (the accept loop: connection cap, idle rule,
+//! graceful drain, lingering close, one runtime per core), [`http::routes`]
+//! (the route table; the one place errors become responses),
+//! [`http::body`] (backups streamed with flat memory), [`http::zerocopy`],
+//! [`http::ranges`] (`ETag`, conditional and range requests),
+//! [`http::tls`], [`http::admin`] (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! [`service`]: what an upload, a list, a delete and a download *are*:
+//! limits (quota, upload rate, concurrent downloads), the per-system order
+//! of commit and retention, metrics; [`service::upload`] receives a body.
+//!
+//! [`storage`]: the one boundary the service calls; [`storage::fs`] is the
+//! cap-std filesystem store, [`storage::metadata`] the upload record.
 
 // Denied everywhere but `supervise`, whose fork and signal mask have no
 // safe wrapper, and `zerocopy`, for `cachestat`, which neither rustix nor
@@ -49,25 +53,16 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod admin;
 pub mod auth;
 pub mod backup_id;
-pub mod body;
 pub mod config;
 pub mod confine;
-pub mod credentials;
 pub mod error;
-pub mod metadata;
+pub mod http;
 pub mod metrics;
-pub mod ranges;
-pub mod ratelimit;
-pub mod routes;
 pub mod sandbox;
-pub mod server;
-pub mod store;
+pub mod service;
+pub mod storage;
 pub mod supervise;
 pub mod system_name;
 pub mod systems;
-pub mod tls;
-pub mod upload;
-pub mod zerocopy;

@@ -8,19 +8,20 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backupd::auth::credentials::{CredentialStore, CredentialsFile};
 use backupd::config::{
     self, CREDENTIALS_CHECK_INTERVAL, CREDENTIALS_FILE_NAME, LISTEN_BACKLOG, Policy,
     STORAGE_CHECK_INTERVAL, STORAGE_DIR_NAME, SUCCESSOR_RETRY_INTERVAL, ServeConfig,
 };
 use backupd::confine;
-use backupd::credentials::{CredentialStore, CredentialsFile};
-use backupd::routes::App;
+use backupd::http::server::{self, Cores, Limits};
+use backupd::http::tls::Tls;
 use backupd::sandbox::{DirPath, FilePath};
-use backupd::server::{self, Cores, Limits};
-use backupd::store::{BackupStore, RootIdentity};
+use backupd::service::App;
+use backupd::storage::Storage;
+use backupd::storage::fs::{FsStore, RootIdentity};
 use backupd::supervise::{self, Supervisor};
 use backupd::systems::{self, Locations};
-use backupd::tls::Tls;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -392,7 +393,7 @@ fn worker(config: &ServeConfig, listeners: Listeners, supervisor: Option<Supervi
                 if status.enforced() {
                     succession = Some(Succession {
                         supervisor,
-                        confined_to: app.store.identity(),
+                        confined_to: app.storage.fs().and_then(FsStore::identity),
                     });
                 }
             }
@@ -426,7 +427,7 @@ fn prepare(config: &ServeConfig) -> Result<(Arc<App>, Option<Arc<Tls>>), String>
         CredentialsFile::new(&config.credentials).map_err(|e| format!("credentials path: {e}"))?;
     let credentials = CredentialStore::open(file)
         .map_err(|e| format!("credentials file {}: {e}", config.credentials.display()))?;
-    let store = BackupStore::new(DirPath::new(&config.storage), config.create_storage);
+    let store = FsStore::new(DirPath::new(&config.storage), config.create_storage);
     store.refresh();
     if !store.is_available() {
         tracing::error!(
@@ -452,7 +453,10 @@ fn prepare(config: &ServeConfig) -> Result<(Arc<App>, Option<Arc<Tls>>), String>
             ))
         }
     };
-    Ok((Arc::new(App::new(credentials, store, config.policy)), tls))
+    Ok((
+        Arc::new(App::new(credentials, Storage::Fs(store), config.policy)),
+        tls,
+    ))
 }
 
 /// The directories the self-sandbox allows (see `confine`); those that do
@@ -468,10 +472,10 @@ fn allowed_dirs(config: &ServeConfig, app: &App, tls: Option<&Tls>) -> confine::
     }
     confine::Allowed {
         storage: app
-            .store
-            .is_available()
-            .then(|| app.store.path().open(false).ok())
-            .flatten(),
+            .storage
+            .fs()
+            .filter(|store| store.is_available())
+            .and_then(|store| store.path().open(false).ok()),
         read: read
             .iter()
             .filter_map(|p| DirPath::new(p).open(false).ok())
@@ -517,7 +521,7 @@ async fn serve_async(
         let admin_listener = adopt(admin)?;
         let admin_local = admin_listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!("admin endpoints (/metrics, /healthz, /readyz) on {admin_local}");
-        admin_task = Some(tokio::spawn(backupd::admin::run(
+        admin_task = Some(tokio::spawn(backupd::http::admin::run(
             admin_listener,
             app.clone(),
             limits.idle_timeout,
@@ -559,13 +563,18 @@ fn spawn_watchers(
         loop {
             tick.tick().await;
             let app = storage_app.clone();
-            let _ = tokio::task::spawn_blocking(move || app.store.refresh()).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(store) = app.storage.fs() {
+                    store.refresh();
+                }
+            })
+            .await;
             // A root the sandbox does not cover (replaced, or missing at
             // start-up): writes in it are denied until a successor serves.
             let Some(succession) = succession else {
                 continue;
             };
-            let now = storage_app.store.identity();
+            let now = storage_app.storage.fs().and_then(FsStore::identity);
             if now.is_some()
                 && now != succession.confined_to
                 && asked.is_none_or(|t| t.elapsed() >= SUCCESSOR_RETRY_INTERVAL)

@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use cap_fs_ext::DirExt;
 use cap_std::fs::Dir;
 
+use crate::auth::credentials::{Credentials, CredentialsFile, LoadError};
 use crate::backup_id::BackupId;
-use crate::credentials::{Credentials, CredentialsFile, LoadError};
 use crate::sandbox::DirPath;
-use crate::store::{mark_root, sync_dir};
+use crate::storage::fs::{mark_root, sync_dir};
 use crate::system_name::{InvalidSystemName, SystemName};
 
 /// Where the credentials file and the storage root are.

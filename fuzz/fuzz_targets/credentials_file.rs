@@ -2,7 +2,7 @@
 //! to one that parses to the same systems.
 #![no_main]
 
-use backupd::credentials::Credentials;
+use backupd::auth::credentials::Credentials;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use backupd::ranges::{Selection, not_modified, select};
+use backupd::http::ranges::{Selection, not_modified, select};
 use hyper::header::{HeaderMap, HeaderValue, IF_NONE_MATCH, IF_RANGE, RANGE};
 use libfuzzer_sys::fuzz_target;
 

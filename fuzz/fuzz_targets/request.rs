@@ -1,5 +1,5 @@
 //! The whole request handler: arbitrary method, path, headers and
-//! credentials go through `backupd::routes::handle` against a real store
+//! credentials go through `backupd::http::routes::handle` against a real store
 //! with two systems and planted traps.
 //!
 //! Invariants:
@@ -20,11 +20,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use backupd::auth::parse_basic;
-use backupd::credentials::{CredentialStore, CredentialsFile};
+use backupd::auth::credentials::{CredentialStore, CredentialsFile};
 use backupd::config::Policy;
-use backupd::routes::{self, App, BACKUPS_PATH, BACKUP_PREFIX};
+use backupd::http::routes::{self, BACKUPS_PATH, BACKUP_PREFIX};
+use backupd::service::App;
+use backupd::storage::Storage;
 use backupd::sandbox::DirPath;
-use backupd::store::BackupStore;
+use backupd::storage::fs::FsStore;
 use backupd::systems::{self, Locations};
 use base64::Engine;
 use bytes::Bytes;
@@ -66,7 +68,7 @@ fn fixture() -> &'static Fixture {
         };
         let mut systems_ = Vec::new();
         for name in ["alice", "bob"] {
-            let secret = systems::add(&locations, name).unwrap();
+            let secret = systems::add(&locations, name, false).unwrap();
             systems_.push((name.to_string(), secret));
         }
         let storage = &locations.storage;
@@ -117,7 +119,7 @@ fn fixture() -> &'static Fixture {
 
         let credentials =
             CredentialStore::open(CredentialsFile::new(&locations.credentials).unwrap()).unwrap();
-        let store = BackupStore::new(DirPath::new(storage), false);
+        let store = FsStore::new(DirPath::new(storage), false);
         store.refresh();
         assert!(store.is_available());
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -130,7 +132,7 @@ fn fixture() -> &'static Fixture {
             // store grows by at most a few empty backups a minute.
             app: Arc::new(App::new(
                 credentials,
-                store,
+                Storage::Fs(store),
                 Policy { append_only: true, max_upload_bytes: 0, ..Policy::default() },
             )),
             runtime,

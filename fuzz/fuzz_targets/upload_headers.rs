@@ -3,7 +3,7 @@
 //! `[A-Za-z0-9._-]`, and contains no path separator.
 #![no_main]
 
-use backupd::upload::{MAX_FILENAME_BYTES, expected_digest, extension_for, sanitize_filename};
+use backupd::service::upload::{MAX_FILENAME_BYTES, expected_digest, extension_for, sanitize_filename};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

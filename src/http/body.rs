@@ -15,7 +15,7 @@ use rustix::fs::Advice;
 use tokio::task::JoinHandle;
 
 use crate::config::{READ_AHEAD_BYTES, READ_CHUNK_BYTES};
-use crate::zerocopy::{self, Outbox};
+use crate::http::zerocopy::{self, Outbox};
 
 /// Called once when a streamed body is over: the bytes of it written to
 /// the connection, and whether that was all of them.
@@ -175,7 +175,7 @@ impl http_body::Body for Body {
 ///
 /// * **Cached chunks over plain HTTP/1.1 are not read at all.** With an
 ///   [`Outbox`], a chunk whose pages are all cached becomes a marker frame
-///   that the connection sends with `sendfile` ([`crate::zerocopy`] says
+///   that the connection sends with `sendfile` ([`crate::http::zerocopy`] says
 ///   why that is safe); no buffer is needed for it. Chunks that are not
 ///   cached still come through the buffer, as above.
 ///

@@ -14,10 +14,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
-use crate::body::Body;
 use crate::config::{HEADER_READ_TIMEOUT, MAX_HEADER_BYTES};
-use crate::routes::App;
-use crate::server::{Activity, Drain, Limits, Progress, Sniff, Stream, serve_connection};
+use crate::http::body::Body;
+use crate::http::server::{Activity, Drain, Limits, Progress, Sniff, Stream, serve_connection};
+use crate::service::App;
 
 /// Most admin connections at once: scrapers and probes, a handful.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
@@ -85,7 +85,7 @@ async fn answer<B>(app: Arc<App>, req: Request<B>) -> Result<Response<Body>, Inf
         (&Method::GET, "/readyz") => {
             // Credentials are loaded before the listeners start, so readiness
             // is the storage root.
-            if app.store.is_available() {
+            if app.storage.is_available() {
                 (StatusCode::OK, "text/plain", "ready\n".to_owned())
             } else {
                 (

@@ -1,11 +1,14 @@
-//! From an `Authorization` header to an authenticated [`SystemName`].
+//! From an `Authorization` header to an authenticated [`SystemName`], and
+//! the [`credentials`] file it is checked against.
+
+pub mod credentials;
 
 use base64::Engine;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use hyper::header::{AUTHORIZATION, HeaderMap};
 
-use crate::credentials::Credentials;
+use crate::auth::credentials::Credentials;
 use crate::system_name::SystemName;
 
 /// Longest `Authorization` value looked at; a name (128) and a secret (43)

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use subtle::{Choice, ConstantTimeEq};
 
 use crate::sandbox::{DirPath, FilePath};
-use crate::store::sync_dir;
+use crate::storage::fs::sync_dir;
 use crate::system_name::SystemName;
 
 /// Bytes of random salt per system.

@@ -20,20 +20,17 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
 use serde_json::json;
 
-use crate::auth;
 use crate::backup_id::BackupId;
-use crate::body::{Body, FileBody};
-use crate::config::{DOWNLOAD_RETRY_AFTER_SECONDS, MAX_ECHOED_ID_CHARS, Policy};
-use crate::credentials::CredentialStore;
+use crate::config::MAX_ECHOED_ID_CHARS;
 use crate::error::{Error, json_response, truncate_chars};
-use crate::metadata::{BackupInfo, MIMETYPE};
+use crate::http::body::{Body, FileBody};
+use crate::http::ranges::{self, Selection};
+use crate::http::zerocopy::Outbox;
 use crate::metrics::{Metrics, Route};
-use crate::ranges::{self, Selection};
-use crate::ratelimit::{DownloadSlots, UploadRateLimiter};
-use crate::store::{BackupStore, StoreError};
+use crate::service::upload;
+use crate::service::{App, Upload};
+use crate::storage::metadata::{BackupInfo, MIMETYPE};
 use crate::system_name::SystemName;
-use crate::upload::{self, ReceiveError};
-use crate::zerocopy::Outbox;
 
 /// The collection of the caller's backups.
 pub const BACKUPS_PATH: &str = "/api/systems/backups";
@@ -49,37 +46,6 @@ const X_FILENAME: &str = "x-filename";
 /// RFC 9530 digest headers.
 const CONTENT_DIGEST: &str = "content-digest";
 const REPR_DIGEST: &str = "repr-digest";
-
-/// What the server needs to answer requests.
-pub struct App {
-    /// Who may authenticate.
-    pub credentials: CredentialStore,
-    /// Where backups are.
-    pub store: BackupStore,
-    /// What systems may do.
-    pub policy: Policy,
-    /// Upload admissions per system.
-    pub uploads: UploadRateLimiter,
-    /// Downloads in flight per system.
-    pub downloads: DownloadSlots,
-    /// Counters for `/metrics`.
-    pub metrics: Arc<Metrics>,
-}
-
-impl App {
-    /// An app enforcing `policy`.
-    pub fn new(credentials: CredentialStore, store: BackupStore, policy: Policy) -> Self {
-        let uploads = UploadRateLimiter::new(policy.uploads_per_minute, policy.uploads_per_hour);
-        App {
-            credentials,
-            store,
-            policy,
-            uploads,
-            downloads: DownloadSlots::new(policy.max_downloads_per_system),
-            metrics: Arc::new(Metrics::default()),
-        }
-    }
-}
 
 /// What the log line of a request says.
 struct RequestLog {
@@ -240,32 +206,9 @@ async fn item<B>(
 }
 
 fn authenticate<B>(app: &App, req: &Request<B>, log: &mut RequestLog) -> Result<SystemName, Error> {
-    let creds = app.credentials.fresh();
-    let system = auth::authenticate(req.headers(), &creds).map_err(|reason| {
-        tracing::warn!(peer = %log.peer, reason = reason.as_str(), "authentication failed");
-        app.metrics.auth_failure();
-        Error::Unauthorized
-    })?;
+    let system = app.authenticate(req.headers(), log.peer)?;
     log.system = Some(system.clone());
     Ok(system)
-}
-
-/// Maps a storage failure to its response, logging the detail.
-fn storage_error(app: &App, e: StoreError, system: &SystemName) -> Error {
-    if !matches!(e, StoreError::NotFound) {
-        app.metrics.storage_error();
-    }
-    match e {
-        StoreError::NotFound => Error::BackupNotFound,
-        StoreError::Full => {
-            tracing::error!(system = %system, "storage is full");
-            Error::InsufficientStorage
-        }
-        StoreError::Unavailable(e) => {
-            tracing::error!(error = %e, system = %system, "storage error");
-            Error::StorageUnavailable
-        }
-    }
 }
 
 /// `GET`/`HEAD` of one backup, with conditional and range requests.
@@ -277,16 +220,9 @@ async fn download<B>(
     outbox: Option<Arc<Outbox>>,
     log: &RequestLog,
 ) -> Result<Response<Body>, Error> {
-    // A slot for the whole of the body (given back when the download is
-    // over); a HEAD holds one only while it is answered.
-    let slot = app.downloads.take(system).ok_or(Error::TooManyDownloads {
-        retry_after_seconds: DOWNLOAD_RETRY_AFTER_SECONDS,
-    })?;
-    let backup = app
-        .store
-        .open(system, &id)
-        .await
-        .map_err(|e| storage_error(app, e, system))?;
+    // The slot is held for the whole of the body (given back when the
+    // download is over); a HEAD holds it only while it is answered.
+    let (backup, slot) = app.open(system, &id).await?;
     let len = backup.info.size;
     let etag = ranges::etag(len, backup.modified, backup.ino);
 
@@ -351,16 +287,7 @@ async fn download<B>(
 
 /// `DELETE` of one backup.
 async fn delete(app: &App, system: &SystemName, id: BackupId) -> Result<Response<Body>, Error> {
-    if app.policy.append_only {
-        return Err(Error::AppendOnly);
-    }
-    let lock = app.store.system_lock(system);
-    let _guard = lock.lock().await;
-    app.store
-        .delete(system, &id)
-        .await
-        .map_err(|e| storage_error(app, e, system))?;
-    tracing::info!(system = %system, id = %id, "backup deleted");
+    app.delete(system, id).await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "code": 200, "message": "backup deleted", "data": { "id": id.to_string() } }),
@@ -369,20 +296,20 @@ async fn delete(app: &App, system: &SystemName, id: BackupId) -> Result<Response
 
 /// `GET /api/systems/backups`: the caller's backups, newest first.
 async fn list(app: &App, system: &SystemName) -> Result<Response<Body>, Error> {
-    let backups = match app.store.list(system).await {
-        Err(StoreError::NotFound) => Vec::new(),
-        other => other.map_err(|e| storage_error(app, e, system))?,
-    };
-    let backups: Vec<_> = backups.iter().map(BackupInfo::to_json).collect();
+    let backups: Vec<_> = app
+        .list(system)
+        .await?
+        .iter()
+        .map(BackupInfo::to_json)
+        .collect();
     Ok(json_response(
         StatusCode::OK,
         &json!({ "code": 200, "message": "backups listed", "data": { "backups": backups } }),
     ))
 }
 
-/// `POST /api/systems/backups`: every limit is checked before the body is
-/// read; the body streams to a temporary file that becomes the backup only
-/// once complete, verified and durable.
+/// `POST /api/systems/backups`: the limits its headers decide are checked
+/// before the body is read; then the service streams it into storage.
 async fn upload<B>(
     app: &App,
     req: Request<B>,
@@ -392,104 +319,21 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let policy = app.policy;
     let declared: u64 = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .ok_or(Error::LengthRequired)?;
-    if declared > policy.max_upload_bytes {
-        return Err(Error::UploadTooLarge {
-            max_bytes: policy.max_upload_bytes,
-        });
-    }
-    check_quota(app, &system, declared).await?;
-    app.uploads
-        .admit(&system)
-        .map_err(|retry_after_seconds| Error::RateLimited {
-            retry_after_seconds,
-        })?;
-    let stored = receive_and_store(app, req, &system, declared).await;
-    if stored.as_ref().is_err_and(|e| e.status().is_server_error()) {
-        // The server's fault (storage unavailable or full), not the
-        // system's: a retry after the outage must not meet a 429.
-        app.uploads.refund(&system);
-    }
-    stored
-}
-
-/// The part of an upload after admission: receive, verify, commit, prune.
-async fn receive_and_store<B>(
-    app: &App,
-    req: Request<B>,
-    system: &SystemName,
-    declared: u64,
-) -> Result<(Response<Body>, BackupId), Error>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
-{
-    let policy = app.policy;
-    let x_filename = req.headers().get(X_FILENAME).map(|v| v.as_bytes().to_vec());
-    let expected =
-        upload::expected_digest(req.headers().get(CONTENT_DIGEST).map(HeaderValue::as_bytes));
-
-    let partial = app
-        .store
-        .begin_upload(system)
-        .await
-        .map_err(|e| storage_error(app, e, system))?;
-    let (partial, sha256) = upload::receive(req.into_body(), partial, declared, expected)
-        .await
-        .map_err(|e| match e {
-            ReceiveError::LengthMismatch(detail) => {
-                tracing::warn!(system = %system, detail, "upload length mismatch");
-                Error::LengthMismatch
-            }
-            ReceiveError::ChecksumMismatch => {
-                tracing::warn!(system = %system, "upload checksum mismatch");
-                Error::ChecksumMismatch
-            }
-            ReceiveError::Store(e) => storage_error(app, e, system),
-        })?;
-    // Commit and prune under the system's lock, so concurrent uploads (and
-    // deletes) of one system leave a consistent directory.
-    let lock = app.store.system_lock(system);
-    let _guard = lock.lock().await;
-    check_quota(app, system, declared).await?;
-    // The id is taken now, under the lock, not when the upload started: the
-    // backup just stored is then always the newest by id, so retention
-    // never removes a backup newer than one it keeps (an upload that
-    // started first and finished last would otherwise prune the later one).
-    let uuid = uuid::Uuid::now_v7();
-    let filename = upload::sanitize_filename(x_filename.as_deref(), uuid);
-    let ext = upload::extension_for(x_filename.as_ref().map(|_| filename.as_str()));
-    let id = BackupId::new(uuid, ext).expect("now_v7 is a version 7 RFC 4122 UUID");
-    let info = upload::new_info(id, filename, declared, sha256);
-    let committed = info.clone();
-    tokio::task::spawn_blocking(move || partial.commit(&committed))
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Unavailable(std::io::Error::other(e))))
-        .map_err(|e| storage_error(app, e, system))?;
-    tracing::info!(system = %system, id = %id, size = declared, "backup stored");
-    app.metrics.upload(declared);
-    if policy.retention_count > 0 || policy.retention_bytes > 0 {
-        match app
-            .store
-            .prune(system, id, policy.retention_count, policy.retention_bytes)
-            .await
-        {
-            Ok(pruned) => {
-                app.metrics.pruned(pruned.len() as u64);
-                for old in pruned {
-                    tracing::info!(system = %system, id = %old, "backup pruned by retention");
-                }
-            }
-            // The upload is stored; a failed prune is retried after the next one.
-            Err(e) => tracing::error!(system = %system, error = ?e, "retention failed"),
-        }
-    }
+    let upload = Upload {
+        declared,
+        filename: req.headers().get(X_FILENAME).map(|v| v.as_bytes().to_vec()),
+        expected: upload::expected_digest(
+            req.headers().get(CONTENT_DIGEST).map(HeaderValue::as_bytes),
+        ),
+    };
+    let info = app.upload(&system, upload, req.into_body()).await?;
+    let id = info.id;
     Ok((
         json_response(
             StatusCode::CREATED,
@@ -497,30 +341,4 @@ where
         ),
         id,
     ))
-}
-
-/// 413 if `system` would be over its quota once a backup of `incoming`
-/// bytes is stored and retention has made what room it makes.
-async fn check_quota(app: &App, system: &SystemName, incoming: u64) -> Result<(), Error> {
-    let policy = app.policy;
-    if policy.quota_bytes == 0 {
-        return Ok(());
-    }
-    let used = match app
-        .store
-        .usage_after(
-            system,
-            incoming,
-            policy.retention_count,
-            policy.retention_bytes,
-        )
-        .await
-    {
-        Err(StoreError::NotFound) => incoming,
-        other => other.map_err(|e| storage_error(app, e, system))?,
-    };
-    if used > policy.quota_bytes {
-        return Err(Error::QuotaExceeded);
-    }
-    Ok(())
 }

@@ -21,9 +21,10 @@ use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 use crate::config::{HEADER_READ_TIMEOUT, MAX_CONCURRENT_STREAMS, MAX_HEADER_BYTES, MAX_HEADERS};
-use crate::routes::{self, App};
-use crate::tls::Tls;
-use crate::zerocopy::{self, Outbox};
+use crate::http::routes;
+use crate::http::tls::Tls;
+use crate::http::zerocopy::{self, Outbox};
+use crate::service::App;
 
 /// How the accept loop limits its clients.
 #[derive(Debug, Clone, Copy)]

@@ -56,7 +56,7 @@
 //! * **No blocking on the disk.** `sendfile` would wait for a page that is
 //!   not cached, stalling an async worker. So a chunk is sent this way only
 //!   if `cachestat` says every page of it is cached; anything else is read
-//!   on the copying path ([`crate::body::FileBody`]), whose blocking reads
+//!   on the copying path ([`crate::http::body::FileBody`]), whose blocking reads
 //!   also read ahead. Where `cachestat` is missing (kernels before 6.5, or a
 //!   seccomp filter that does not know it, such as systemd 252's), every
 //!   download takes the copying path.

@@ -1,4 +1,4 @@
-//! `BackupStore`: the storage root, and every filesystem operation on a
+//! `FsStore`: the storage root, and every filesystem operation on a
 //! system's backups (open, list, delete, upload, prune), sandboxed.
 //!
 //! The root is a [`Dir`] opened through [`DirPath`]; every operation opens
@@ -20,10 +20,11 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::{Errno, ReadWriteFlags};
 
 use crate::backup_id::BackupId;
-use crate::metadata::{
+use crate::sandbox::DirPath;
+use crate::storage::StoreError;
+use crate::storage::metadata::{
     BackupInfo, MAX_CACHED_SIDECARS, MAX_SIDECAR_BYTES, SIDECAR_CACHE_TTL, sidecar_name,
 };
-use crate::sandbox::DirPath;
 use crate::system_name::SystemName;
 
 /// Prefix of an upload's temporary file. It starts with a dot, so no
@@ -41,17 +42,6 @@ pub struct Backup {
     pub modified: SystemTime,
     /// Inode number, for the `ETag`.
     pub ino: u64,
-}
-
-/// Why a store operation failed.
-#[derive(Debug)]
-pub enum StoreError {
-    /// No such backup for this system (or not a regular file).
-    NotFound,
-    /// The storage root cannot be used.
-    Unavailable(io::Error),
-    /// The filesystem is full (`ENOSPC`, `EDQUOT`).
-    Full,
 }
 
 impl From<io::Error> for StoreError {
@@ -75,10 +65,10 @@ pub struct RootIdentity {
     ino: u64,
 }
 
-/// The storage root, re-checked by [`BackupStore::refresh`] so a root that
+/// The storage root, re-checked by [`FsStore::refresh`] so a root that
 /// is missing at start-up, removed or replaced is noticed and recovered from
 /// without a restart.
-pub struct BackupStore {
+pub struct FsStore {
     path: DirPath,
     /// Whether the next open may create the root: true until the first
     /// successful open when the root is the default one. A root that
@@ -102,11 +92,11 @@ pub struct BackupStore {
     sidecars: SidecarCache,
 }
 
-impl BackupStore {
+impl FsStore {
     /// A store over `path`, which the first `refresh` creates if `create` is set.
     /// Opens nothing yet: call [`refresh`](Self::refresh).
     pub fn new(path: DirPath, create: bool) -> Self {
-        BackupStore {
+        FsStore {
             path,
             create: AtomicBool::new(create),
             root: RwLock::new(None),
@@ -384,7 +374,7 @@ impl BackupStore {
 /// Bytes left of backups sized `oldest_first` plus a new one of `incoming`
 /// bytes once retention removes the oldest (never the new one) until at
 /// most `count` (0 = any number) and `bytes` (0 = any size) remain: the
-/// same rule as [`BackupStore::prune`].
+/// same rule as [`FsStore::prune`].
 fn retained_bytes(oldest_first: &[u64], incoming: u64, count: u32, bytes: u64) -> u64 {
     let mut left = oldest_first.len() as u64 + 1;
     let mut total = oldest_first.iter().sum::<u64>().saturating_add(incoming);
@@ -982,7 +972,7 @@ mod tests {
             std::os::unix::net::UnixListener::bind(fw.join(socket.to_string())).unwrap();
         let absent = id(10);
 
-        let store = BackupStore::new(DirPath::new(root), false);
+        let store = FsStore::new(DirPath::new(root), false);
         store.refresh();
         let root_dir = store.root_dir().unwrap();
         let sidecars = SidecarCache::default();
@@ -1038,7 +1028,7 @@ mod tests {
         }
         described(&root.join("alice"), b"alice's", "alice.gpg");
         described(&root.join("bob"), b"bob's!!", "bob.gpg");
-        let store = BackupStore::new(DirPath::new(root), false);
+        let store = FsStore::new(DirPath::new(root), false);
         store.refresh();
         let root_dir = store.root_dir().unwrap();
         let sidecars = SidecarCache::default();

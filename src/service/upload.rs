@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use crate::backup_id::{BackupId, Extension};
 use crate::config::{UPLOAD_STALL_TIMEOUT, WRITE_CHUNK_BYTES};
-use crate::metadata::BackupInfo;
-use crate::store::{PartialUpload, StoreError};
+use crate::storage::metadata::BackupInfo;
+use crate::storage::{PartialUpload, StoreError};
 
 /// Longest stored file name, in bytes (a common filesystem's name limit).
 pub const MAX_FILENAME_BYTES: usize = 255;

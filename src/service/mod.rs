@@ -1,0 +1,273 @@
+//! The service: what an upload, a list, a delete and a download *are*,
+//! above the storage boundary and below HTTP. It owns the limits (maximum
+//! upload, quota, upload rate, concurrent downloads), the per-system order
+//! of commit and retention, and the counters; it calls [`Storage`] and
+//! never learns which store that is. Errors come back as [`Error`], which
+//! HTTP turns into responses.
+
+pub mod limits;
+pub mod upload;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::header::HeaderMap;
+
+use crate::auth::{self, credentials::CredentialStore};
+use crate::backup_id::BackupId;
+use crate::config::{DOWNLOAD_RETRY_AFTER_SECONDS, Policy};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::storage::metadata::BackupInfo;
+use crate::storage::{Backup, Storage, StoreError};
+use crate::system_name::SystemName;
+use limits::{DownloadSlot, DownloadSlots, UploadRateLimiter};
+use upload::{ExpectedDigest, ReceiveError};
+
+/// What the server needs to answer requests.
+pub struct App {
+    /// Who may authenticate.
+    pub credentials: CredentialStore,
+    /// Where backups are.
+    pub storage: Storage,
+    /// What systems may do.
+    pub policy: Policy,
+    /// Upload admissions per system.
+    pub uploads: UploadRateLimiter,
+    /// Downloads in flight per system.
+    pub downloads: DownloadSlots,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+/// An upload as its request announced it, before its body is read.
+#[derive(Debug)]
+pub struct Upload {
+    /// The body's length (`Content-Length`).
+    pub declared: u64,
+    /// The client's name for the file (`X-Filename`), raw.
+    pub filename: Option<Vec<u8>>,
+    /// The digest the body must have (`Content-Digest`).
+    pub expected: ExpectedDigest,
+}
+
+impl App {
+    /// An app over `storage`, enforcing `policy`.
+    pub fn new(credentials: CredentialStore, storage: Storage, policy: Policy) -> Self {
+        let uploads = UploadRateLimiter::new(policy.uploads_per_minute, policy.uploads_per_hour);
+        App {
+            credentials,
+            storage,
+            policy,
+            uploads,
+            downloads: DownloadSlots::new(policy.max_downloads_per_system),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+
+    /// The system a request's headers authenticate, against the
+    /// credentials as the file says right now; 401 (logged with `peer` and
+    /// the reason, counted) otherwise.
+    pub fn authenticate(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<SystemName, Error> {
+        let creds = self.credentials.fresh();
+        auth::authenticate(headers, &creds).map_err(|reason| {
+            tracing::warn!(peer = %peer, reason = reason.as_str(), "authentication failed");
+            self.metrics.auth_failure();
+            Error::Unauthorized
+        })
+    }
+
+    /// `system`'s backups, newest first.
+    pub async fn list(&self, system: &SystemName) -> Result<Vec<BackupInfo>, Error> {
+        match self.storage.list(system).await {
+            Err(StoreError::NotFound) => Ok(Vec::new()),
+            other => other.map_err(|e| self.storage_error(e, system)),
+        }
+    }
+
+    /// Opens `system`'s backup `id` for a download, with one of the
+    /// system's download slots, held until the download is over.
+    pub async fn open(
+        &self,
+        system: &SystemName,
+        id: &BackupId,
+    ) -> Result<(Backup, DownloadSlot), Error> {
+        let slot = self.downloads.take(system).ok_or(Error::TooManyDownloads {
+            retry_after_seconds: DOWNLOAD_RETRY_AFTER_SECONDS,
+        })?;
+        let backup = self
+            .storage
+            .open(system, id)
+            .await
+            .map_err(|e| self.storage_error(e, system))?;
+        Ok((backup, slot))
+    }
+
+    /// Deletes `system`'s backup `id` (403 on an append-only server), under
+    /// the system's lock.
+    pub async fn delete(&self, system: &SystemName, id: BackupId) -> Result<(), Error> {
+        if self.policy.append_only {
+            return Err(Error::AppendOnly);
+        }
+        let lock = self.storage.system_lock(system);
+        let _guard = lock.lock().await;
+        self.storage
+            .delete(system, &id)
+            .await
+            .map_err(|e| self.storage_error(e, system))?;
+        tracing::info!(system = %system, id = %id, "backup deleted");
+        Ok(())
+    }
+
+    /// Stores an upload of `system`: every limit the request announces is
+    /// checked before the body is read (size, quota, rate); then the body
+    /// streams into storage, and becomes a backup only once complete,
+    /// verified and durable.
+    pub async fn upload<B>(
+        &self,
+        system: &SystemName,
+        upload: Upload,
+        body: B,
+    ) -> Result<BackupInfo, Error>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let policy = self.policy;
+        if upload.declared > policy.max_upload_bytes {
+            return Err(Error::UploadTooLarge {
+                max_bytes: policy.max_upload_bytes,
+            });
+        }
+        self.check_quota(system, upload.declared).await?;
+        self.uploads
+            .admit(system)
+            .map_err(|retry_after_seconds| Error::RateLimited {
+                retry_after_seconds,
+            })?;
+        let stored = self.receive_and_store(system, upload, body).await;
+        if stored.as_ref().is_err_and(|e| e.status().is_server_error()) {
+            // The server's fault (storage unavailable or full), not the
+            // system's: a retry after the outage must not meet a 429.
+            self.uploads.refund(system);
+        }
+        stored
+    }
+
+    /// The part of an upload after admission: receive, verify, commit, prune.
+    async fn receive_and_store<B>(
+        &self,
+        system: &SystemName,
+        upload: Upload,
+        body: B,
+    ) -> Result<BackupInfo, Error>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+        B::Error: std::fmt::Display,
+    {
+        let policy = self.policy;
+        let declared = upload.declared;
+        let partial = self
+            .storage
+            .begin_upload(system)
+            .await
+            .map_err(|e| self.storage_error(e, system))?;
+        let (partial, sha256) = upload::receive(body, partial, declared, upload.expected)
+            .await
+            .map_err(|e| match e {
+                ReceiveError::LengthMismatch(detail) => {
+                    tracing::warn!(system = %system, detail, "upload length mismatch");
+                    Error::LengthMismatch
+                }
+                ReceiveError::ChecksumMismatch => {
+                    tracing::warn!(system = %system, "upload checksum mismatch");
+                    Error::ChecksumMismatch
+                }
+                ReceiveError::Store(e) => self.storage_error(e, system),
+            })?;
+
+        // Commit and prune under the system's lock, so concurrent uploads
+        // (and deletes) of one system leave a consistent directory.
+        let lock = self.storage.system_lock(system);
+        let _guard = lock.lock().await;
+        self.check_quota(system, declared).await?;
+        // The id is taken now, under the lock, not when the upload started:
+        // the backup just stored is then always the newest by id, so
+        // retention never removes a backup newer than one it keeps (an
+        // upload that started first and finished last would otherwise
+        // prune the later one).
+        let uuid = uuid::Uuid::now_v7();
+        let filename = upload::sanitize_filename(upload.filename.as_deref(), uuid);
+        let ext = upload::extension_for(upload.filename.as_ref().map(|_| filename.as_str()));
+        let id = BackupId::new(uuid, ext).expect("now_v7 is a version 7 RFC 4122 UUID");
+        let info = upload::new_info(id, filename, declared, sha256);
+        self.storage
+            .commit(partial, &info)
+            .await
+            .map_err(|e| self.storage_error(e, system))?;
+        tracing::info!(system = %system, id = %id, size = declared, "backup stored");
+        self.metrics.upload(declared);
+        if policy.retention_count > 0 || policy.retention_bytes > 0 {
+            match self
+                .storage
+                .prune(system, id, policy.retention_count, policy.retention_bytes)
+                .await
+            {
+                Ok(pruned) => {
+                    self.metrics.pruned(pruned.len() as u64);
+                    for old in pruned {
+                        tracing::info!(system = %system, id = %old, "backup pruned by retention");
+                    }
+                }
+                // The upload is stored; a failed prune is retried after the next one.
+                Err(e) => tracing::error!(system = %system, error = ?e, "retention failed"),
+            }
+        }
+        Ok(info)
+    }
+
+    /// 413 if `system` would be over its quota once a backup of `incoming`
+    /// bytes is stored and retention has made what room it makes.
+    async fn check_quota(&self, system: &SystemName, incoming: u64) -> Result<(), Error> {
+        let policy = self.policy;
+        if policy.quota_bytes == 0 {
+            return Ok(());
+        }
+        let used = match self
+            .storage
+            .usage_after(
+                system,
+                incoming,
+                policy.retention_count,
+                policy.retention_bytes,
+            )
+            .await
+        {
+            Err(StoreError::NotFound) => incoming,
+            other => other.map_err(|e| self.storage_error(e, system))?,
+        };
+        if used > policy.quota_bytes {
+            return Err(Error::QuotaExceeded);
+        }
+        Ok(())
+    }
+
+    /// Maps a storage failure to its answer, logging the detail.
+    fn storage_error(&self, e: StoreError, system: &SystemName) -> Error {
+        if !matches!(e, StoreError::NotFound) {
+            self.metrics.storage_error();
+        }
+        match e {
+            StoreError::NotFound => Error::BackupNotFound,
+            StoreError::Full => {
+                tracing::error!(system = %system, "storage is full");
+                Error::InsufficientStorage
+            }
+            StoreError::Unavailable(e) => {
+                tracing::error!(error = %e, system = %system, "storage error");
+                Error::StorageUnavailable
+            }
+        }
+    }
+}
