@@ -8,7 +8,9 @@
 //! async-trait machinery is needed.
 
 pub mod fs;
+pub mod key;
 pub mod metadata;
+pub mod s3;
 
 use std::io;
 use std::sync::Arc;
