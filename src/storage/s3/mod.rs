@@ -11,5 +11,6 @@
 //! Garage. backupd already ships hyper and rustls; signing is small,
 //! specified exactly, and testable against AWS's own vectors.
 
+pub mod client;
 pub mod sigv4;
 pub mod xml;

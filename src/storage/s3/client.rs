@@ -1,0 +1,393 @@
+//! A small S3 client: signed requests to one bucket (path-style), sent with
+//! the hyper client backupd already ships, and every answer classified the
+//! way the service needs it: found, not found, or unavailable (with the
+//! cause named, so an access or signature error is never taken for a 404).
+//!
+//! Plain HTTP only: an endpoint must be `http://` on a loopback address
+//! (a local S3 server, or a TLS-terminating sidecar); HTTPS through rustls
+//! is still to come, and anything else is refused when parsed.
+
+use std::io;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::sigv4::{self, Credentials, Payload};
+use super::xml::{self, ListPage};
+
+/// Longest wait for a store's answer to begin (headers), and for a whole
+/// small answer (an error document, a listing page): past it, the store
+/// counts as unavailable, never as hanging a request.
+pub const S3_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most bytes of a small answer read (a listing page of 1,000 keys is
+/// about 400 KiB; an error document under 1 KiB).
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+/// A request body: empty, a buffer, or a stream.
+pub type RequestBody = UnsyncBoxBody<Bytes, io::Error>;
+
+/// Where the store is: `http://HOST[:PORT]` on a loopback address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    host: String,
+    port: u16,
+}
+
+impl Endpoint {
+    /// Parses `http://host[:port]` (no path); refuses anything that is not
+    /// plain HTTP to a loopback address, saying why.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url}: only http:// to a loopback address is supported"))?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('/') || rest.contains('@') || rest.is_empty() {
+            return Err(format!("{url}: expected http://HOST[:PORT]"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| format!("{url}: bad port"))?,
+            ),
+            _ => (rest, 80),
+        };
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let loopback =
+            bare == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Err(format!(
+                "{url}: plain HTTP would send credentials and backups in the clear; use a loopback address"
+            ));
+        }
+        Ok(Endpoint {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// `host:port`, as sent in `Host` and signed.
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// How a request to the store went wrong.
+#[derive(Debug)]
+pub enum S3Error {
+    /// No such key (404 `NoSuchKey`), or a range outside it.
+    NotFound,
+    /// The store cannot serve now: unreachable, timed out, a 5xx, `SlowDown`.
+    Unavailable(String),
+    /// The store refused us: access denied, a bad signature, no such
+    /// bucket. A configuration error, never a 404.
+    Refused(String),
+}
+
+impl std::fmt::Display for S3Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            S3Error::NotFound => f.write_str("no such key"),
+            S3Error::Unavailable(why) => write!(f, "store unavailable: {why}"),
+            S3Error::Refused(why) => write!(f, "store refused the request: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for S3Error {}
+
+/// One bucket of one store, with its credentials.
+pub struct Client {
+    endpoint: Endpoint,
+    bucket: String,
+    region: String,
+    credentials: Credentials,
+    http: HyperClient<HttpConnector, RequestBody>,
+}
+
+/// A body that is all in memory.
+pub fn full(bytes: impl Into<Bytes>) -> RequestBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// No body.
+pub fn empty() -> RequestBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+impl Client {
+    /// A client of `bucket` at `endpoint`, signing for `region`.
+    pub fn new(endpoint: Endpoint, bucket: &str, region: &str, credentials: Credentials) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(S3_ANSWER_TIMEOUT));
+        Client {
+            endpoint,
+            bucket: bucket.to_owned(),
+            region: region.to_owned(),
+            credentials,
+            http: HyperClient::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// Sends one signed request for `key` (or the bucket itself) and gives
+    /// back the response if its status is a success; any other status is
+    /// read (bounded) and classified.
+    pub async fn send(
+        &self,
+        method: Method,
+        key: Option<&str>,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        body: RequestBody,
+        payload: Payload<'_>,
+    ) -> Result<Response<Incoming>, S3Error> {
+        let path = match key {
+            Some(key) => format!("/{}/{key}", self.bucket),
+            None => format!("/{}", self.bucket),
+        };
+        let host = self.endpoint.authority();
+        let signed = sigv4::sign(
+            &sigv4::Request {
+                method: method.as_str(),
+                host: &host,
+                path: &path,
+                query,
+                headers,
+                payload,
+            },
+            &self.credentials,
+            &self.region,
+            SystemTime::now(),
+        );
+        let mut target = sigv4::uri_encode(&path, true);
+        if !query.is_empty() {
+            target.push('?');
+            target.push_str(&sigv4::canonical_query(query));
+        }
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{host}{target}"));
+        for (name, value) in headers
+            .iter()
+            .copied()
+            .chain(signed.iter().map(|(n, v)| (*n, v.as_str())))
+        {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(body)
+            .map_err(|e| S3Error::Unavailable(format!("request: {e}")))?;
+        let response = tokio::time::timeout(S3_ANSWER_TIMEOUT, self.http.request(request))
+            .await
+            .map_err(|_| S3Error::Unavailable("no answer in time".into()))?
+            .map_err(|e| S3Error::Unavailable(format!("{e:?}")))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        Err(classify(response).await)
+    }
+
+    /// Stores `body` (`len` bytes) at `key` in one PUT, streamed, with the
+    /// extra `headers` (metadata, `x-amz-checksum-sha256`).
+    pub async fn put(
+        &self,
+        key: &str,
+        len: u64,
+        headers: &[(&str, &str)],
+        body: RequestBody,
+    ) -> Result<(), S3Error> {
+        let len = len.to_string();
+        let mut all = vec![("content-length", len.as_str())];
+        all.extend_from_slice(headers);
+        self.send(Method::PUT, Some(key), &[], &all, body, Payload::Unsigned)
+            .await
+            .map(drop)
+    }
+
+    /// The object at `key`, whole or bytes `first..=last`.
+    pub async fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<Response<Incoming>, S3Error> {
+        let range = range.map(|(first, last)| format!("bytes={first}-{last}"));
+        let headers: Vec<(&str, &str)> = range.iter().map(|r| ("range", r.as_str())).collect();
+        self.send(
+            Method::GET,
+            Some(key),
+            &[],
+            &headers,
+            empty(),
+            Payload::Sha256Hex(sigv4::EMPTY_SHA256),
+        )
+        .await
+    }
+
+    /// The headers of the object at `key` (size, `ETag`, `Last-Modified`,
+    /// `x-amz-meta-*`).
+    pub async fn head(&self, key: &str) -> Result<HeaderMap, S3Error> {
+        let response = self
+            .send(
+                Method::HEAD,
+                Some(key),
+                &[],
+                &[],
+                empty(),
+                Payload::Sha256Hex(sigv4::EMPTY_SHA256),
+            )
+            .await?;
+        Ok(response.into_parts().0.headers)
+    }
+
+    /// Deletes the object at `key` (S3 answers 204 whether it was there or not).
+    pub async fn delete(&self, key: &str) -> Result<(), S3Error> {
+        self.send(
+            Method::DELETE,
+            Some(key),
+            &[],
+            &[],
+            empty(),
+            Payload::Sha256Hex(sigv4::EMPTY_SHA256),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Copies the object at `from` to `to` inside the bucket, replacing its
+    /// metadata with `headers` (`x-amz-meta-*`).
+    pub async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(), S3Error> {
+        let source = sigv4::uri_encode(&format!("/{}/{from}", self.bucket), true);
+        let mut all = vec![
+            ("x-amz-copy-source", source.as_str()),
+            ("x-amz-metadata-directive", "REPLACE"),
+        ];
+        all.extend_from_slice(headers);
+        let response = self
+            .send(
+                Method::PUT,
+                Some(to),
+                &[],
+                &all,
+                empty(),
+                Payload::Sha256Hex(sigv4::EMPTY_SHA256),
+            )
+            .await?;
+        // A copy can fail after its 200 has been sent: the body is then an
+        // error document.
+        let body = read_small(response.into_body()).await?;
+        match xml::parse_error(&body) {
+            Some(e) => Err(S3Error::Unavailable(format!(
+                "copy failed: {} {}",
+                e.code, e.message
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// One page (at most 1,000 keys) of the keys under `prefix`, after
+    /// `token` (from the previous page).
+    pub async fn list(&self, prefix: &str, token: Option<&str>) -> Result<ListPage, S3Error> {
+        let mut query = vec![("list-type", "2"), ("prefix", prefix)];
+        if let Some(token) = token {
+            query.push(("continuation-token", token));
+        }
+        let response = self
+            .send(
+                Method::GET,
+                None,
+                &query,
+                &[],
+                empty(),
+                Payload::Sha256Hex(sigv4::EMPTY_SHA256),
+            )
+            .await?;
+        let body = read_small(response.into_body()).await?;
+        xml::parse_list_objects_v2(&body)
+            .map_err(|e| S3Error::Unavailable(format!("listing does not parse: {e}")))
+    }
+}
+
+/// Reads a small answer whole, bounded in size and time.
+async fn read_small(body: Incoming) -> Result<Bytes, S3Error> {
+    tokio::time::timeout(
+        S3_ANSWER_TIMEOUT,
+        Limited::new(body, MAX_ANSWER_BYTES).collect(),
+    )
+    .await
+    .map_err(|_| S3Error::Unavailable("answer not read in time".into()))?
+    .map(|collected| collected.to_bytes())
+    .map_err(|e| S3Error::Unavailable(format!("answer: {e}")))
+}
+
+/// What an unsuccessful answer means for backupd.
+async fn classify(response: Response<Incoming>) -> S3Error {
+    let status = response.status();
+    let body = read_small(response.into_body()).await.unwrap_or_default();
+    let detail = xml::parse_error(&body);
+    let code = detail.as_ref().map_or("", |e| e.code.as_str());
+    let why = match &detail {
+        Some(e) => format!("{status} {}: {}", e.code, e.message),
+        None => status.to_string(),
+    };
+    match (status, code) {
+        (StatusCode::NOT_FOUND, "NoSuchKey") | (StatusCode::RANGE_NOT_SATISFIABLE, _) => {
+            S3Error::NotFound
+        }
+        // A HEAD's 404 has no body to name the code.
+        (StatusCode::NOT_FOUND, "") => S3Error::NotFound,
+        (_, "SlowDown" | "ServiceUnavailable" | "InternalError" | "RequestTimeout") => {
+            S3Error::Unavailable(why)
+        }
+        (s, _) if s.is_server_error() => S3Error::Unavailable(why),
+        _ => S3Error::Refused(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_plain_http_to_loopback_only() {
+        let ok = Endpoint::parse("http://127.0.0.1:8333").unwrap();
+        assert_eq!(ok.authority(), "127.0.0.1:8333");
+        assert_eq!(
+            Endpoint::parse("http://localhost/").unwrap().authority(),
+            "localhost:80"
+        );
+        assert_eq!(
+            Endpoint::parse("http://[::1]:9000").unwrap().authority(),
+            "[::1]:9000"
+        );
+        for bad in [
+            "http://10.0.0.5:8333",
+            "http://s3.example.com",
+            "https://127.0.0.1:8333",
+            "ftp://127.0.0.1",
+            "http://127.0.0.1:8333/bucket",
+            "http://user@127.0.0.1",
+            "http://127.0.0.1:notaport",
+            "127.0.0.1:8333",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
