@@ -2,12 +2,15 @@
 //! `.ci/s3.sh`, which runs these with `--ignored`). They need a store, so
 //! the README's test command skips them; the store is named by
 //! `BACKUPD_TEST_S3_ENDPOINT`, `_BUCKET`, `_ACCESS_KEY` and `_SECRET_KEY`.
+//! HTTPS is checked without a store: against backupd's own TLS listener.
+
+mod common;
 
 use std::time::Duration;
 
 use backupd::backup_id::BackupId;
 use backupd::storage::key::{KeyPrefix, backup_in, backup_key, system_prefix};
-use backupd::storage::s3::client::{Client, Endpoint, S3Error, full};
+use backupd::storage::s3::client::{Client, Endpoint, S3Error, Trust, full};
 use backupd::storage::s3::sigv4::Credentials;
 use backupd::system_name::SystemName;
 use http_body_util::BodyExt;
@@ -17,17 +20,23 @@ fn env(name: &str) -> String {
         .unwrap_or_else(|_| panic!("BACKUPD_TEST_S3_{name} is not set: run .ci/s3.sh"))
 }
 
+fn credentials(access: &str, secret: &str) -> Credentials {
+    Credentials {
+        access_key: access.to_owned(),
+        secret_key: secret.to_owned(),
+        session_token: None,
+    }
+}
+
 fn client_with(secret: &str) -> Client {
     Client::new(
         Endpoint::parse(&env("ENDPOINT")).unwrap(),
         &env("BUCKET"),
         "us-east-1",
-        Credentials {
-            access_key: env("ACCESS_KEY"),
-            secret_key: secret.to_owned(),
-            session_token: None,
-        },
+        credentials(&env("ACCESS_KEY"), secret),
+        &Trust::Ca(Vec::new()),
     )
+    .unwrap()
 }
 
 fn client() -> Client {
@@ -204,7 +213,6 @@ async fn a_signature_error_is_a_refusal_never_a_404() {
 }
 
 #[tokio::test]
-#[ignore = "needs an S3 server: .ci/s3.sh"]
 async fn an_unreachable_store_is_unavailable() {
     // A port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -216,12 +224,62 @@ async fn an_unreachable_store_is_unavailable() {
         Endpoint::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
         "backups",
         "us-east-1",
-        Credentials {
-            access_key: "a".into(),
-            secret_key: "b".into(),
-            session_token: None,
-        },
-    );
+        credentials("a", "b"),
+        &Trust::Ca(Vec::new()),
+    )
+    .unwrap();
     let result = within(s3.head("fw1/x")).await;
+    assert!(matches!(result, Err(S3Error::Unavailable(_))), "{result:?}");
+}
+
+/// HTTPS through rustls, checked against the operator's CA: backupd's own
+/// TLS listener stands in for the store (it answers a HEAD of any object
+/// path with a 404, which the client reads as a missing key). A server
+/// whose certificate the CA did not sign is unavailable, never trusted.
+#[tokio::test]
+async fn https_endpoints_are_checked_against_the_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let pem = |name: &str| {
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        std::fs::write(certs.path().join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(
+            certs.path().join(format!("{name}.key")),
+            key_pair.serialize_pem(),
+        )
+        .unwrap();
+        cert.pem().into_bytes()
+    };
+    let served = pem("served");
+    let other = pem("other");
+    let server = common::Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--tls-cert",
+            certs.path().join("served.pem").to_str().unwrap(),
+            "--tls-key",
+            certs.path().join("served.key").to_str().unwrap(),
+        ],
+    );
+    let endpoint = Endpoint::parse(&format!("https://localhost:{}", server.addr.port())).unwrap();
+    let trusting = Client::new(
+        endpoint.clone(),
+        "backups",
+        "us-east-1",
+        credentials("a", "b"),
+        &Trust::Ca(served),
+    )
+    .unwrap();
+    let result = within(trusting.head("fw1/x")).await;
+    assert!(matches!(result, Err(S3Error::NotFound)), "{result:?}");
+    let distrusting = Client::new(
+        endpoint,
+        "backups",
+        "us-east-1",
+        credentials("a", "b"),
+        &Trust::Ca(other),
+    )
+    .unwrap();
+    let result = within(distrusting.head("fw1/x")).await;
     assert!(matches!(result, Err(S3Error::Unavailable(_))), "{result:?}");
 }

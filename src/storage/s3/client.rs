@@ -3,9 +3,10 @@
 //! way the service needs it: found, not found, or unavailable (with the
 //! cause named, so an access or signature error is never taken for a 404).
 //!
-//! Plain HTTP only: an endpoint must be `http://` on a loopback address
-//! (a local S3 server, or a TLS-terminating sidecar); HTTPS through rustls
-//! is still to come, and anything else is refused when parsed.
+//! HTTPS through the rustls stack the server already ships (TLS 1.2 and
+//! 1.3, ring), trusting the system's CA bundle or the operator's own CA
+//! (`--s3-ca`); plain HTTP only to a loopback address (a local store, or a
+//! TLS-terminating sidecar), refused otherwise when the endpoint is parsed.
 
 use std::io;
 use std::net::IpAddr;
@@ -19,7 +20,7 @@ use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::sigv4::{self, Credentials, Payload};
 use super::xml::{self, ListPage};
@@ -36,41 +37,55 @@ pub const MAX_ANSWER_BYTES: usize = 4 << 20;
 /// A request body: empty, a buffer, or a stream.
 pub type RequestBody = UnsyncBoxBody<Bytes, io::Error>;
 
-/// Where the store is: `http://HOST[:PORT]` on a loopback address.
+/// Where the store is: `https://HOST[:PORT]`, or `http://HOST[:PORT]` on a
+/// loopback address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    https: bool,
     host: String,
     port: u16,
 }
 
 impl Endpoint {
-    /// Parses `http://host[:port]` (no path); refuses anything that is not
-    /// plain HTTP to a loopback address, saying why.
+    /// Parses `https://host[:port]` or `http://host[:port]` (no path, no
+    /// user); refuses plain HTTP to anything but a loopback address, saying
+    /// why.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url}: only http:// to a loopback address is supported"))?;
+        let (https, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            _ => {
+                return Err(format!(
+                    "{url}: expected https://HOST[:PORT] or http://HOST[:PORT]"
+                ));
+            }
+        };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         if rest.contains('/') || rest.contains('@') || rest.is_empty() {
-            return Err(format!("{url}: expected http://HOST[:PORT]"));
+            return Err(format!("{url}: expected a scheme, a host and a port only"));
         }
+        let default = if https { 443 } else { 80 };
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
                 host,
                 port.parse::<u16>()
                     .map_err(|_| format!("{url}: bad port"))?,
             ),
-            _ => (rest, 80),
+            _ => (rest, default),
         };
         let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if bare.is_empty() {
+            return Err(format!("{url}: no host"));
+        }
         let loopback =
             bare == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        if !loopback {
+        if !https && !loopback {
             return Err(format!(
-                "{url}: plain HTTP would send credentials and backups in the clear; use a loopback address"
+                "{url}: plain HTTP would send credentials and backups in the clear; use https:// (plain http:// only to a loopback address)"
             ));
         }
         Ok(Endpoint {
+            https,
             host: host.to_owned(),
             port,
         })
@@ -79,6 +94,44 @@ impl Endpoint {
     /// `host:port`, as sent in `Host` and signed.
     pub fn authority(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+
+    /// The host name the certificate must be for (no brackets).
+    fn server_name(&self) -> &str {
+        self.host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
+/// The certificates an HTTPS endpoint is checked against.
+pub enum Trust {
+    /// The system's CA bundle (PEM, read once at start-up).
+    System(Vec<u8>),
+    /// The operator's own CA (`--s3-ca`, PEM).
+    Ca(Vec<u8>),
+}
+
+impl Trust {
+    fn roots(&self) -> Result<rustls::RootCertStore, String> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let pem = match self {
+            Trust::System(pem) | Trust::Ca(pem) => pem,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| format!("CA certificates: {e}"))?;
+            // A system bundle may hold a certificate rustls cannot use;
+            // skip it there, refuse it in the operator's own file.
+            if let Err(e) = roots.add(cert)
+                && matches!(self, Trust::Ca(_))
+            {
+                return Err(format!("CA certificate: {e}"));
+            }
+        }
+        if roots.is_empty() {
+            return Err("no CA certificate".into());
+        }
+        Ok(roots)
     }
 }
 
@@ -112,7 +165,7 @@ pub struct Client {
     bucket: String,
     region: String,
     credentials: Credentials,
-    http: HyperClient<HttpConnector, RequestBody>,
+    http: HyperClient<Connector, RequestBody>,
 }
 
 /// A body that is all in memory.
@@ -128,18 +181,42 @@ pub fn empty() -> RequestBody {
 }
 
 impl Client {
-    /// A client of `bucket` at `endpoint`, signing for `region`.
-    pub fn new(endpoint: Endpoint, bucket: &str, region: &str, credentials: Credentials) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(S3_ANSWER_TIMEOUT));
-        Client {
-            endpoint,
+    /// A client of `bucket` at `endpoint`, signing for `region`; an HTTPS
+    /// endpoint is checked against `trust`.
+    pub fn new(
+        endpoint: Endpoint,
+        bucket: &str,
+        region: &str,
+        credentials: Credentials,
+        trust: &Trust,
+    ) -> Result<Self, String> {
+        let mut tcp = HttpConnector::new();
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(S3_ANSWER_TIMEOUT));
+        tcp.enforce_http(false);
+        let tls = if endpoint.https {
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(trust.roots()?)
+                .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from(endpoint.server_name().to_owned())
+                .map_err(|e| format!("{}: {e}", endpoint.server_name()))?;
+            Some((
+                tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+                name,
+            ))
+        } else {
+            None
+        };
+        Ok(Client {
             bucket: bucket.to_owned(),
             region: region.to_owned(),
             credentials,
-            http: HyperClient::builder(TokioExecutor::new()).build(connector),
-        }
+            http: HyperClient::builder(TokioExecutor::new()).build(Connector { tcp, tls }),
+            endpoint,
+        })
     }
 
     /// Sends one signed request for `key` (or the bucket itself) and gives
@@ -177,9 +254,10 @@ impl Client {
             target.push('?');
             target.push_str(&sigv4::canonical_query(query));
         }
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("http://{host}{target}"));
+        let mut request = Request::builder().method(method).uri(format!(
+            "{}://{host}{target}",
+            if self.endpoint.https { "https" } else { "http" }
+        ));
         for (name, value) in headers
             .iter()
             .copied()
@@ -361,12 +439,116 @@ async fn classify(response: Response<Incoming>) -> S3Error {
     }
 }
 
+/// Opens connections for the pool: TCP, then TLS for an HTTPS endpoint.
+#[derive(Clone)]
+struct Connector {
+    tcp: HttpConnector,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+impl tower_service::Service<hyper::Uri> for Connector {
+    type Response = Stream;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Stream, Self::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        // The pool asks for the endpoint's own URI; the TCP connector only
+        // dials, so give it plain http for the same host and port.
+        let dial = format!("http://{}", uri.authority().map_or("", |a| a.as_str()));
+        let connecting = match dial.parse::<hyper::Uri>() {
+            Ok(dial) => self.tcp.call(dial),
+            Err(e) => return Box::pin(async move { Err(e.into()) }),
+        };
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let tcp = connecting.await?;
+            match tls {
+                None => Ok(Stream::Plain(tcp)),
+                Some((connector, name)) => {
+                    let tls = connector.connect(name, tcp.into_inner()).await?;
+                    Ok(Stream::Tls(Box::new(TokioIo::new(tls))))
+                }
+            }
+        })
+    }
+}
+
+/// A connection to the store, plain or TLS.
+enum Stream {
+    Plain(TokioIo<tokio::net::TcpStream>),
+    // Boxed: a TLS session is a kilobyte, a plain socket a few words.
+    Tls(Box<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>),
+}
+
+impl hyper_util::client::legacy::connect::Connection for Stream {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl hyper::rt::Read for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_are_plain_http_to_loopback_only() {
+    fn plain_http_goes_to_loopback_only() {
         let ok = Endpoint::parse("http://127.0.0.1:8333").unwrap();
         assert_eq!(ok.authority(), "127.0.0.1:8333");
         assert_eq!(
@@ -377,15 +559,18 @@ mod tests {
             Endpoint::parse("http://[::1]:9000").unwrap().authority(),
             "[::1]:9000"
         );
+        let tls = Endpoint::parse("https://s3.eu-west-1.amazonaws.com").unwrap();
+        assert_eq!(tls.authority(), "s3.eu-west-1.amazonaws.com:443");
+        assert!(Endpoint::parse("https://10.0.0.5:3900").is_ok());
         for bad in [
             "http://10.0.0.5:8333",
             "http://s3.example.com",
-            "https://127.0.0.1:8333",
             "ftp://127.0.0.1",
             "http://127.0.0.1:8333/bucket",
-            "http://user@127.0.0.1",
+            "https://user@s3.example.com",
             "http://127.0.0.1:notaport",
             "127.0.0.1:8333",
+            "https://",
         ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
