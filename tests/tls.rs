@@ -314,3 +314,79 @@ async fn an_https_http2_download_survives_a_graceful_stop() {
     assert_eq!(got.len(), content.len());
     assert!(got == content, "the download differs");
 }
+
+/// The same over TLS when the download's worker is retired by a storage
+/// root replacement: it arrives whole.
+#[tokio::test]
+async fn an_https_http2_download_survives_its_worker_being_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    make_cert(certs.path(), "only");
+    install(certs.path(), "only");
+    let cert = certs.path().join("cert.pem");
+    let key = certs.path().join("key.pem");
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(mnt.join("fw1")).unwrap();
+    let server = Server::start_with(
+        dir,
+        &[
+            "--storage",
+            mnt.to_str().unwrap(),
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    if !server
+        .log()
+        .contains("self-sandbox (Landlock): fully enforced")
+    {
+        return; // one worker serves every root: nothing is retired
+    }
+    let secret = server.add_system("fw1");
+    let content: Vec<u8> = (0..20_000_000u32).map(|i| (i % 239) as u8).collect();
+    std::fs::write(mnt.join("fw1").join(ID), &content).unwrap();
+    let out = server.data().join("h2.bin");
+    let port = server.addr.port();
+    let curl = std::process::Command::new("curl")
+        .args(["-sS", "--fail", "--http2", "--limit-rate", "4M", "--cacert"])
+        .arg(&cert)
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .args([
+            "--user",
+            &format!("fw1:{secret}"),
+            "-w",
+            "%{http_version}",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(format!("https://localhost:{port}{}", backup_path(ID)))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let old = server.data().join("old-mnt");
+    std::fs::rename(&mnt, &old).unwrap();
+    std::fs::create_dir_all(mnt.join("fw1")).unwrap();
+    std::fs::copy(old.join(".backupd-root"), mnt.join(".backupd-root")).unwrap();
+    assert!(
+        server.wait_for_log("new worker serves", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let done = tokio::task::spawn_blocking(move || curl.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        done.status.success(),
+        "curl failed: {stderr}\n{}",
+        server.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&done.stdout), "2", "not HTTP/2");
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(got.len(), content.len());
+    assert!(got == content, "the download differs");
+}
