@@ -37,7 +37,7 @@ async fn get_streams_the_exact_bytes_with_the_contract_headers() {
     assert_eq!(reply.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(
         reply.header("content-disposition"),
-        Some(format!("attachment; filename=\"{ID}\"").as_str())
+        Some(format!("attachment; filename=\"{ID}\"; filename*=UTF-8''{ID}").as_str())
     );
     assert_eq!(reply.header("cache-control"), Some("no-store"));
 

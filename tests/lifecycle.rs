@@ -1010,3 +1010,62 @@ async fn an_upload_that_fits_after_retention_is_within_the_quota() {
     let list = json(&get(server.addr, "/api/systems/backups", Some(&auth)).await);
     assert_eq!(list["data"]["backups"].as_array().unwrap().len(), 1);
 }
+
+/// A download carries the name the system uploaded it under
+/// (`Content-Disposition`, RFC 6266), so `curl -OJ` restores it under that
+/// name; a record edited by hand cannot put anything else in the header.
+#[tokio::test]
+async fn curl_oj_restores_under_the_uploaded_name() {
+    let server = Server::start();
+    let secret = server.add_system("fw1");
+    let auth = basic("fw1", &secret);
+    let reply = upload(
+        server.addr,
+        Some(&auth),
+        b"restore me".to_vec(),
+        &[("x-filename", "/var/backups/fw1 nightly.tar.gz")],
+    )
+    .await;
+    let id = json(&reply)["data"]["id"].as_str().unwrap().to_owned();
+    let got = get(server.addr, &backup_path(&id), Some(&auth)).await;
+    assert_eq!(
+        got.header("content-disposition"),
+        Some("attachment; filename=\"fw1_nightly.tar.gz\"; filename*=UTF-8''fw1_nightly.tar.gz")
+    );
+    let work = tempfile::tempdir().unwrap();
+    let url = format!("http://{}{}", server.addr, backup_path(&id));
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "-OJ",
+            "--user",
+            &format!("fw1:{secret}"),
+            &url,
+        ])
+        .current_dir(work.path())
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(work.path().join("fw1_nightly.tar.gz")).unwrap(),
+        b"restore me"
+    );
+    // A record edited by hand: only the safe characters reach the header.
+    let record = server.storage().join("fw1").join(format!(".{id}.meta"));
+    let text = std::fs::read_to_string(&record).unwrap();
+    let edited = text.replace("fw1_nightly.tar.gz", "evil\\\"\\r\\nSet-Cookie: x=1");
+    assert_ne!(edited, text);
+    std::fs::write(&record, edited).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(11_000)).await;
+    let got = get(server.addr, &backup_path(&id), Some(&auth)).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(
+        got.header("content-disposition"),
+        Some("attachment; filename=\"evilSet-Cookiex1\"; filename*=UTF-8''evilSet-Cookiex1")
+    );
+}

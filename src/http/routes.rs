@@ -279,10 +279,30 @@ async fn download<B>(
         .header(header::CONTENT_LENGTH, count)
         .header(
             header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{id}\""),
+            content_disposition(&backup.info.filename, &id),
         )
         .body(body)
-        .expect("a BackupId and digits are valid header values"))
+        .expect("a BackupId, digits and a sanitised name are valid header values"))
+}
+
+/// `Content-Disposition` of a download (RFC 6266): the name the system
+/// uploaded the backup under, so `curl -OJ` restores it under that name;
+/// the id for a backup without one. Only `[A-Za-z0-9._-]` is kept (the
+/// upload record's own alphabet, enforced again here since a record edited
+/// by hand is read as it is), so the quoted `filename` and the RFC 8187
+/// `filename*` are the same string and neither needs escaping.
+fn content_disposition(filename: &str, id: &BackupId) -> String {
+    let safe: String = filename
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(crate::service::upload::MAX_FILENAME_BYTES)
+        .collect();
+    let name = if safe.is_empty() || safe.chars().all(|c| c == '.') {
+        id.to_string()
+    } else {
+        safe
+    };
+    format!("attachment; filename=\"{name}\"; filename*=UTF-8''{name}")
 }
 
 /// `DELETE` of one backup.
