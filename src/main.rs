@@ -19,8 +19,9 @@ use backupd::http::tls::Tls;
 use backupd::sandbox::{DirPath, FilePath};
 use backupd::service::App;
 use backupd::storage::Storage;
-use backupd::storage::fs::{FsStore, RootIdentity};
+use backupd::storage::fs::{FsStore, Holding, RootIdentity};
 use backupd::supervise::{self, Supervisor};
+use backupd::system_name::SystemName;
 use backupd::systems::{self, Locations};
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
@@ -176,8 +177,17 @@ enum SystemsCommand {
         #[arg(allow_hyphen_values = true)]
         name: String,
     },
-    /// List registered systems, one per line.
-    List,
+    /// List registered systems with their backups, bytes, and the time
+    /// and age of their newest backup.
+    List {
+        /// One JSON document, for scripts.
+        #[arg(long)]
+        json: bool,
+        /// Only systems whose newest backup is older than this (or that have
+        /// none), e.g. `26h`; exits 3 when there are any (for cron).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        stale: Option<Duration>,
+    },
 }
 
 /// The signal mask the process started with, saved by [`hold_signals`].
@@ -275,11 +285,15 @@ fn manage(locations: &Locations, command: SystemsCommand) -> ExitCode {
                 locations.storage.join(&name).display()
             );
         }),
-        SystemsCommand::List => systems::list(locations).map(|names| {
-            for name in names {
-                println!("{name}");
-            }
-        }),
+        SystemsCommand::List { json, stale } => {
+            return match systems::list(locations) {
+                Ok(systems) => list_systems(&systems, json, stale),
+                Err(e) => {
+                    eprintln!("backupd: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -287,6 +301,71 @@ fn manage(locations: &Locations, command: SystemsCommand) -> ExitCode {
             eprintln!("backupd: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Exit code of `systems list --stale` when some system is stale.
+const STALE_EXIT: u8 = 3;
+
+/// Prints `systems list`: a table (or JSON) of each system's backups,
+/// bytes and newest backup; with `stale`, only those whose newest backup
+/// is older (or missing), and exit code 3 if there are any.
+fn list_systems(
+    systems: &[(SystemName, Option<Holding>)],
+    json: bool,
+    stale: Option<Duration>,
+) -> ExitCode {
+    let now = std::time::SystemTime::now();
+    let age = |h: &Option<Holding>| {
+        h.and_then(|h| h.newest)
+            .map(|t| now.duration_since(t).unwrap_or_default())
+    };
+    let shown: Vec<&(SystemName, Option<Holding>)> = systems
+        .iter()
+        .filter(|(_, h)| stale.is_none_or(|limit| age(h).is_none_or(|a| a > limit)))
+        .collect();
+    if json {
+        let rows: Vec<serde_json::Value> = shown
+            .iter()
+            .map(|(name, h)| {
+                serde_json::json!({
+                    "name": name.as_str(),
+                    "backups": h.map(|h| h.backups),
+                    "bytes": h.map(|h| h.bytes),
+                    "newest": h.and_then(|h| h.newest).map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                    "age_seconds": age(h).map(|a| a.as_secs()),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "systems": rows }));
+    } else {
+        println!(
+            "{:<32} {:>8} {:>16}  {:<20}  AGE",
+            "SYSTEM", "BACKUPS", "BYTES", "NEWEST"
+        );
+        for (name, h) in &shown {
+            let (backups, bytes) = h.map_or(("?".into(), "?".into()), |h| {
+                (h.backups.to_string(), h.bytes.to_string())
+            });
+            let newest = h.and_then(|h| h.newest).map_or("-".into(), |t| {
+                humantime::format_rfc3339_seconds(t).to_string()
+            });
+            let age = age(h).map_or("-".into(), |a| {
+                humantime::format_duration(Duration::from_secs(a.as_secs() / 60 * 60)).to_string()
+            });
+            println!(
+                "{:<32} {:>8} {:>16}  {:<20}  {age}",
+                name.as_str(),
+                backups,
+                bytes,
+                newest
+            );
+        }
+    }
+    if stale.is_some() && !shown.is_empty() {
+        ExitCode::from(STALE_EXIT)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

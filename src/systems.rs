@@ -14,7 +14,7 @@ use cap_std::fs::Dir;
 use crate::auth::credentials::{Credentials, CredentialsFile, LoadError};
 use crate::backup_id::BackupId;
 use crate::sandbox::DirPath;
-use crate::storage::fs::{mark_root, sync_dir};
+use crate::storage::fs::{Holding, mark_root, summarize, sync_dir};
 use crate::system_name::{InvalidSystemName, SystemName};
 
 /// Where the credentials file and the storage root are.
@@ -196,13 +196,24 @@ pub fn remove(loc: &Locations, name: &str) -> Result<(), CommandError> {
         .map_err(|e| CommandError::Io(format!("cannot write {}", file.display()), e))
 }
 
-/// The registered systems, sorted.
-pub fn list(loc: &Locations) -> Result<Vec<SystemName>, CommandError> {
+/// The registered systems, sorted, each with what it holds in storage
+/// (`None` when the storage root cannot be read: the names still list).
+pub fn list(loc: &Locations) -> Result<Vec<(SystemName, Option<Holding>)>, CommandError> {
     let file = credentials_file(loc)?;
     let creds = file
         .load()
         .map_err(|e| CommandError::Credentials(file.display(), e))?;
-    Ok(creds.names())
+    let storage = DirPath::new(&loc.storage).open(false).ok();
+    Ok(creds
+        .names()
+        .into_iter()
+        .map(|name| {
+            let holding = storage
+                .as_ref()
+                .and_then(|root| summarize(root, &name).ok());
+            (name, holding)
+        })
+        .collect())
 }
 
 /// Backups (files named by a backup id) in `name`'s directory.

@@ -70,7 +70,69 @@ fn add_prints_only_a_strong_secret_and_stores_only_a_salted_hash() {
 
     let (code, out, _) = cli(dir.path(), &["systems", "list"]);
     assert_eq!(code, 0);
-    assert_eq!(out, "fw-01.example_com\nfw2\n");
+    let names: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["fw-01.example_com", "fw2"], "{out}");
+}
+
+/// What an operator asks every morning: which systems backed up, how much
+/// they hold, and which have not backed up lately (`--stale`, non-zero exit
+/// for cron); `--json` for scripts.
+#[test]
+fn systems_list_shows_what_each_system_holds_and_which_are_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["fresh", "old", "empty"] {
+        assert_eq!(cli(dir.path(), &["systems", "add", name]).0, 0);
+    }
+    let backups = dir.path().join("backups");
+    std::fs::write(backups.join("fresh").join(ID), vec![1u8; 1000]).unwrap();
+    std::fs::write(backups.join("fresh").join(ID2), vec![1u8; 24]).unwrap();
+    let old = backups.join("old").join(ID);
+    std::fs::write(&old, vec![1u8; 7]).unwrap();
+    let two_days_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(two_days_ago)
+        .unwrap();
+
+    let (code, out, err) = cli(dir.path(), &["systems", "list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = |name: &str| {
+        listed["systems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed: {out}"))
+            .clone()
+    };
+    assert_eq!(row("fresh")["backups"], 2);
+    assert_eq!(row("fresh")["bytes"], 1024);
+    assert!(row("fresh")["age_seconds"].as_u64().unwrap() < 600);
+    assert_eq!(row("old")["backups"], 1);
+    assert!(row("old")["age_seconds"].as_u64().unwrap() >= 2 * 86_400 - 60);
+    assert_eq!(row("empty")["backups"], 0);
+    assert!(row("empty")["newest"].is_null());
+
+    let (code, out, _) = cli(dir.path(), &["systems", "list", "--stale", "26h"]);
+    assert_eq!(code, 3, "stale systems exit 3: {out}");
+    let names: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["empty", "old"], "{out}");
+    let (code, _, _) = cli(dir.path(), &["systems", "list", "--stale", "30d"]);
+    assert_eq!(code, 3, "a system with no backup at all is stale");
+    assert_eq!(cli(dir.path(), &["systems", "remove", "empty"]).0, 0);
+    let (code, out, _) = cli(dir.path(), &["systems", "list", "--stale", "30d"]);
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]
@@ -115,7 +177,11 @@ fn invalid_and_duplicate_names_exit_non_zero_and_change_nothing() {
     std::fs::write(dir.path().join("backups/fw1").join(ID), b"kept").unwrap();
     let (code, _, _) = cli(dir.path(), &["systems", "remove", "fw1"]);
     assert_eq!(code, 0);
-    assert_eq!(cli(dir.path(), &["systems", "list"]).1, "");
+    assert_eq!(
+        cli(dir.path(), &["systems", "list"]).1.lines().count(),
+        1,
+        "only the header"
+    );
     assert_eq!(
         std::fs::read(dir.path().join("backups/fw1").join(ID)).unwrap(),
         b"kept"
@@ -207,7 +273,10 @@ fn credentials_and_storage_can_live_apart() {
         .env("BACKUPD_STORAGE", &mnt)
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "fw1\n");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{stdout}");
+    assert!(rows[0].starts_with("fw1 "), "{stdout}");
 }
 
 #[tokio::test]

@@ -816,6 +816,32 @@ fn open_backup(dir: &Dir, id: &BackupId) -> Result<Backup, StoreError> {
     })
 }
 
+/// What one system holds: how many backups, their bytes, and when the
+/// newest (by id) was stored. Blocking; for the `systems list` command.
+pub fn summarize(root: &Dir, system: &SystemName) -> Result<Holding, StoreError> {
+    let backups = match open_system(root, system) {
+        Ok(dir) => list_backups(&dir)?,
+        Err(StoreError::NotFound) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(Holding {
+        backups: backups.len() as u64,
+        bytes: backups.iter().map(|b| b.size).sum(),
+        newest: backups.last().map(|b| b.uploaded_at),
+    })
+}
+
+/// What one system holds (see [`summarize`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holding {
+    /// Backups held.
+    pub backups: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// When the newest was stored (its upload record, or the file's time).
+    pub newest: Option<SystemTime>,
+}
+
 /// Every regular file in `dir` whose name is a backup id, oldest first.
 fn list_backups(dir: &Dir) -> Result<Vec<BackupInfo>, StoreError> {
     let mut all = Vec::new();
