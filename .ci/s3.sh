@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The S3 suites against a real object store: SeaweedFS from its Python
 # wheel, started here on loopback (S3 on 127.0.0.1:8333), one bucket, one
-# key. Runs the tests that need a store (`--ignored` in cargo's terms).
+# key. Runs the S3 client's tests that need a store (`--ignored` in
+# cargo's terms), then the download and lifecycle suites again with every
+# server keeping its backups in the bucket (BACKUPD_TEST_BACKEND=s3; the
+# tests that check filesystem-only things say so and return).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== S3 (SeaweedFS)"
@@ -25,3 +28,4 @@ curl -s -o /dev/null http://127.0.0.1:8333/ || { echo "FAIL: SeaweedFS did not s
 export BACKUPD_TEST_S3_ENDPOINT=http://127.0.0.1:8333 BACKUPD_TEST_S3_BUCKET=backups
 export BACKUPD_TEST_S3_ACCESS_KEY="$key" BACKUPD_TEST_S3_SECRET_KEY="$secret"
 cargo test --locked --test s3_client -- --ignored
+BACKUPD_TEST_BACKEND=s3 cargo test --locked --test download --test lifecycle

@@ -109,8 +109,11 @@ pub struct ServeConfig {
     pub self_sandbox: bool,
     /// Where the credentials file is.
     pub credentials: PathBuf,
-    /// The storage root: one directory per system below it.
+    /// The storage root: one directory per system below it; or
+    /// `s3://BUCKET[/PREFIX]`.
     pub storage: PathBuf,
+    /// The object store's settings, for an `s3://` storage.
+    pub s3: crate::storage::s3::config::Settings,
     /// Whether the storage root may be created at start-up. True only for the
     /// default location inside the data dir: creating an explicit `--storage`
     /// would write backups onto the root filesystem when a mount is missing.

@@ -20,6 +20,8 @@ use backupd::sandbox::{DirPath, FilePath};
 use backupd::service::App;
 use backupd::storage::Storage;
 use backupd::storage::fs::{FsStore, Holding, RootIdentity};
+use backupd::storage::s3::config::{self as s3config, Location};
+use backupd::storage::s3::store::S3Store;
 use backupd::supervise::{self, Supervisor};
 use backupd::system_name::SystemName;
 use backupd::systems::{self, Locations};
@@ -94,7 +96,7 @@ impl LocationArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage the systems that may connect.
     #[command(subcommand)]
     Systems(SystemsCommand),
@@ -149,6 +151,22 @@ struct ServeArgs {
     /// Bytes of backups kept per system after each upload; 0 = no limit.
     #[arg(long, env = "BACKUPD_RETENTION_BYTES", default_value_t = 0)]
     retention_bytes: u64,
+    /// The S3 endpoint for an s3:// storage: https://HOST[:PORT], or
+    /// http:// to a loopback address [default: AWS's regional endpoint].
+    #[arg(long, env = "BACKUPD_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// The region requests are signed for [default: us-east-1].
+    #[arg(long, env = "BACKUPD_S3_REGION")]
+    s3_region: Option<String>,
+    /// A file with aws_access_key_id and aws_secret_access_key (mode 0600)
+    /// [default: the AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    /// AWS_SESSION_TOKEN variables].
+    #[arg(long, env = "BACKUPD_S3_CREDENTIALS")]
+    s3_credentials: Option<PathBuf>,
+    /// The CA (PEM) that signed an HTTPS endpoint's certificate [default:
+    /// the system's CA bundle].
+    #[arg(long, env = "BACKUPD_S3_CA")]
+    s3_ca: Option<PathBuf>,
     /// Refuse DELETE (403): only retention removes backups, so a stolen
     /// secret cannot wipe a system's history.
     #[arg(long, env = "BACKUPD_APPEND_ONLY")]
@@ -254,6 +272,12 @@ fn main() -> ExitCode {
             self_sandbox: !args.no_self_sandbox,
             credentials: locations.credentials,
             storage: locations.storage,
+            s3: backupd::storage::s3::config::Settings {
+                endpoint: args.s3_endpoint,
+                region: args.s3_region,
+                credentials: args.s3_credentials,
+                ca: args.s3_ca,
+            },
             create_storage: locations.create_storage,
             max_connections: args.max_connections.max(1),
             grace_period: Duration::from_secs(args.grace_period),
@@ -506,15 +530,25 @@ fn prepare(config: &ServeConfig) -> Result<(Arc<App>, Option<Arc<Tls>>), String>
         CredentialsFile::new(&config.credentials).map_err(|e| format!("credentials path: {e}"))?;
     let credentials = CredentialStore::open(file)
         .map_err(|e| format!("credentials file {}: {e}", config.credentials.display()))?;
-    let store = FsStore::new(DirPath::new(&config.storage), config.create_storage);
-    store.refresh();
-    if !store.is_available() {
-        tracing::error!(
-            path = %config.storage.display(),
-            reason = store.unavailable_reason().unwrap_or_default(),
-            "storage root is unavailable; answering 503 until it is back"
-        );
-    }
+    let storage = match Location::of(&config.storage) {
+        Some(location) => {
+            let location = location?;
+            let client = s3config::client(&location, &config.s3)?;
+            Storage::S3(S3Store::new(client, location.prefix))
+        }
+        None => {
+            let store = FsStore::new(DirPath::new(&config.storage), config.create_storage);
+            store.refresh();
+            if !store.is_available() {
+                tracing::error!(
+                    path = %config.storage.display(),
+                    reason = store.unavailable_reason().unwrap_or_default(),
+                    "storage root is unavailable; answering 503 until it is back"
+                );
+            }
+            Storage::Fs(store)
+        }
+    };
     if credentials.current().names().is_empty() {
         tracing::info!(
             "no systems registered yet; add one with: backupd systems add NAME --credentials {} --storage {}",
@@ -532,10 +566,7 @@ fn prepare(config: &ServeConfig) -> Result<(Arc<App>, Option<Arc<Tls>>), String>
             ))
         }
     };
-    Ok((
-        Arc::new(App::new(credentials, Storage::Fs(store), config.policy)),
-        tls,
-    ))
+    Ok((Arc::new(App::new(credentials, storage, config.policy)), tls))
 }
 
 /// The directories the self-sandbox allows (see `confine`); those that do
@@ -642,6 +673,10 @@ fn spawn_watchers(
         loop {
             tick.tick().await;
             let app = storage_app.clone();
+            if let Some(store) = app.storage.s3() {
+                store.probe().await;
+                continue;
+            }
             let _ = tokio::task::spawn_blocking(move || {
                 if let Some(store) = app.storage.fs() {
                     store.refresh();

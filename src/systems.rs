@@ -15,6 +15,7 @@ use crate::auth::credentials::{Credentials, CredentialsFile, LoadError};
 use crate::backup_id::BackupId;
 use crate::sandbox::DirPath;
 use crate::storage::fs::{Holding, mark_root, summarize, sync_dir};
+use crate::storage::s3::config::Location;
 use crate::system_name::{InvalidSystemName, SystemName};
 
 /// Where the credentials file and the storage root are.
@@ -123,6 +124,16 @@ pub fn add(loc: &Locations, name: &str, adopt: bool) -> Result<String, CommandEr
     }
     if let Some(existing) = creds.find_ignoring_case(&name) {
         return Err(CommandError::CaseDuplicate(name, existing.clone()));
+    }
+    if Location::of(&loc.storage).is_some() {
+        // An object store has no directories to make: the key prefix of a
+        // system exists with its first backup.
+        let secret = creds
+            .add(name.clone())
+            .map_err(|e| CommandError::Io("random".into(), e))?;
+        file.write(&creds)
+            .map_err(|e| CommandError::Io(format!("cannot write {}", file.display()), e))?;
+        return Ok(secret);
     }
     let storage = open_storage(loc)?;
     // The operator's own command names this root: it is one from now on.

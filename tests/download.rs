@@ -250,6 +250,9 @@ async fn every_other_spelling_of_an_id_is_400_and_echoed() {
 
 #[tokio::test]
 async fn only_regular_files_directly_in_the_systems_directory_are_served() {
+    if fs_only("symlinks, FIFOs and directories planted in the storage root") {
+        return;
+    }
     let server = Server::start();
     let alice = server.add_system("alice");
     server.add_system("bob");
@@ -458,6 +461,9 @@ async fn storage_root_missing_is_503_until_it_appears() {
 
 #[tokio::test]
 async fn a_backup_larger_than_4_gib_streams_whole() {
+    if fs_only("a sparse 4 GiB file") {
+        return;
+    }
     let server = Server::start();
     let secret = server.add_system("fw1");
     let path = server.storage().join("fw1").join(ID);
@@ -525,6 +531,9 @@ async fn a_backup_larger_than_4_gib_streams_whole() {
 
 #[tokio::test]
 async fn a_file_truncated_while_streaming_aborts_the_transfer() {
+    if fs_only("truncating the file under a download") {
+        return;
+    }
     use http_body_util::BodyExt;
     let server = Server::start();
     let secret = server.add_system("fw1");

@@ -89,6 +89,8 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A backup, streamed from its file.
     File(FileBody),
+    /// A backup, streamed from the object store.
+    Stream(StreamedBody),
 }
 
 impl Body {
@@ -118,6 +120,7 @@ impl http_body::Body for Body {
                 let polled = Pin::new(&mut *file).poll_frame(cx);
                 polled.map(|next| next.map(|frame| frame.map(|f| f.map_data(|b| file.sent(b)))))
             }
+            Body::Stream(stream) => stream.poll_frame(cx),
         }
     }
 
@@ -125,6 +128,7 @@ impl http_body::Body for Body {
         match self {
             Body::Full(bytes) => bytes.is_none(),
             Body::File(file) => file.is_end_stream(),
+            Body::Stream(stream) => stream.received == stream.len,
         }
     }
 
@@ -132,6 +136,7 @@ impl http_body::Body for Body {
         match self {
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Body::File(file) => SizeHint::with_exact(file.len - file.sent),
+            Body::Stream(stream) => SizeHint::with_exact(stream.len - stream.received),
         }
     }
 }
@@ -464,4 +469,66 @@ fn shrank() -> io::Error {
         io::ErrorKind::UnexpectedEof,
         "backup shrank while it was being sent",
     )
+}
+
+/// A backup streamed from the object store: the store's response body,
+/// passed on frame by frame (flat memory), counted as it is written out.
+/// A store that ends early, runs long or fails mid-way ends the body with
+/// an error, so the client sees an aborted transfer, never a clean short
+/// body.
+pub struct StreamedBody {
+    inner: hyper::body::Incoming,
+    /// Bytes promised.
+    len: u64,
+    /// Bytes received from the store so far.
+    received: u64,
+    delivery: Arc<Delivery>,
+    failed: bool,
+}
+
+impl StreamedBody {
+    /// Streams `len` bytes of `inner`.
+    pub fn new(inner: hyper::body::Incoming, len: u64, on_end: OnEnd) -> Self {
+        StreamedBody {
+            inner,
+            len,
+            received: 0,
+            delivery: Arc::new(Delivery {
+                written: AtomicU64::new(0),
+                len,
+                on_end: Mutex::new(Some(on_end)),
+            }),
+            failed: false,
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Sent>>>> {
+        if self.failed || self.received == self.len && self.len > 0 {
+            return Poll::Ready(None);
+        }
+        loop {
+            let frame = match ready!(http_body::Body::poll_frame(Pin::new(&mut self.inner), cx)) {
+                None if self.received == self.len => return Poll::Ready(None),
+                None => return self.fail("the object store ended the backup early"),
+                Some(Err(e)) => return self.fail(&format!("the object store failed mid-way: {e}")),
+                Some(Ok(frame)) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            self.received += data.len() as u64;
+            if self.received > self.len {
+                return self.fail("the object store sent more than the backup's length");
+            }
+            return Poll::Ready(Some(Ok(Frame::data(Sent {
+                bytes: data,
+                delivery: Some(self.delivery.clone()),
+            }))));
+        }
+    }
+
+    fn fail(&mut self, why: &str) -> Poll<Option<io::Result<Frame<Sent>>>> {
+        self.failed = true;
+        Poll::Ready(Some(Err(io::Error::other(why.to_owned()))))
+    }
 }

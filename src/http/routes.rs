@@ -23,12 +23,13 @@ use serde_json::json;
 use crate::backup_id::BackupId;
 use crate::config::MAX_ECHOED_ID_CHARS;
 use crate::error::{Error, json_response, truncate_chars};
-use crate::http::body::{Body, FileBody};
+use crate::http::body::{Body, FileBody, StreamedBody};
 use crate::http::ranges::{self, Selection};
 use crate::http::zerocopy::Outbox;
 use crate::metrics::{Metrics, Route};
 use crate::service::upload;
 use crate::service::{App, Upload};
+use crate::storage::Backup;
 use crate::storage::metadata::{BackupInfo, MIMETYPE};
 use crate::system_name::SystemName;
 
@@ -132,7 +133,7 @@ where
         headers_only(&mut response);
     }
     // A streamed body writes its own line when it ends.
-    if !matches!(response.body(), Body::File(_)) {
+    if !matches!(response.body(), Body::File(_) | Body::Stream(_)) {
         let bytes = http_body::Body::size_hint(response.body()).lower();
         log.write(response.status(), bytes, true);
     }
@@ -223,19 +224,18 @@ async fn download<B>(
     // The slot is held for the whole of the body (given back when the
     // download is over); a HEAD holds it only while it is answered.
     let (backup, slot) = app.open(system, &id).await?;
-    let len = backup.info.size;
-    let etag = ranges::etag(len, backup.modified, backup.ino);
+    let len = backup.info().size;
+    let modified = backup.modified();
+    let etag = backup.etag();
+    let disposition = content_disposition(&backup.info().filename, &id);
 
     let mut builder = Response::builder()
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
         .header(header::CACHE_CONTROL, "no-store")
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::ETAG, &etag)
-        .header(
-            header::LAST_MODIFIED,
-            ranges::last_modified(backup.modified),
-        );
-    if let Some(digest) = backup.info.repr_digest() {
+        .header(header::LAST_MODIFIED, ranges::last_modified(modified));
+    if let Some(digest) = backup.info().repr_digest() {
         builder = builder.header(REPR_DIGEST, digest);
     }
     if ranges::not_modified(req.headers(), &etag) {
@@ -244,7 +244,7 @@ async fn download<B>(
             .body(Body::empty())
             .expect("valid headers"));
     }
-    let (status, start, count) = match ranges::select(req.headers(), len, &etag, backup.modified) {
+    let (status, start, count) = match ranges::select(req.headers(), len, &etag, modified) {
         Selection::Full => (StatusCode::OK, 0, len),
         Selection::Partial { start, end } => {
             builder = builder.header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"));
@@ -262,25 +262,25 @@ async fn download<B>(
             metrics: log.metrics.clone(),
             ..*log
         };
-        Body::File(FileBody::new(
-            backup.file,
-            start,
-            count,
-            outbox,
-            Box::new(move |sent, complete| {
-                drop(slot);
-                log.write(status, sent, complete)
-            }),
-        ))
+        let on_end: crate::http::body::OnEnd = Box::new(move |sent, complete| {
+            drop(slot);
+            log.write(status, sent, complete)
+        });
+        match backup {
+            Backup::File(backup) => {
+                Body::File(FileBody::new(backup.file, start, count, outbox, on_end))
+            }
+            Backup::Object(object) => {
+                let stream = app.read(system, &object, start, count).await?;
+                Body::Stream(StreamedBody::new(stream, count, on_end))
+            }
+        }
     };
     Ok(builder
         .status(status)
         .header(header::CONTENT_TYPE, MIMETYPE)
         .header(header::CONTENT_LENGTH, count)
-        .header(
-            header::CONTENT_DISPOSITION,
-            content_disposition(&backup.info.filename, &id),
-        )
+        .header(header::CONTENT_DISPOSITION, disposition)
         .body(body)
         .expect("a BackupId, digits and a sanitised name are valid header values"))
 }

@@ -104,6 +104,21 @@ impl App {
         Ok((backup, slot))
     }
 
+    /// Starts the bytes `start..start+count` of an object backup of
+    /// `system` (a file's are read by the HTTP body itself).
+    pub async fn read(
+        &self,
+        system: &SystemName,
+        object: &crate::storage::s3::store::Object,
+        start: u64,
+        count: u64,
+    ) -> Result<hyper::body::Incoming, Error> {
+        self.storage
+            .read(object, start, count)
+            .await
+            .map_err(|e| self.storage_error(e, system))
+    }
+
     /// Deletes `system`'s backup `id` (403 on an append-only server), under
     /// the system's lock.
     pub async fn delete(&self, system: &SystemName, id: BackupId) -> Result<(), Error> {
@@ -168,9 +183,13 @@ impl App {
     {
         let policy = self.policy;
         let declared = upload.declared;
+        let checksum = match upload.expected {
+            ExpectedDigest::Sha256(digest) => Some(digest),
+            _ => None,
+        };
         let partial = self
             .storage
-            .begin_upload(system)
+            .begin_upload(system, declared, checksum)
             .await
             .map_err(|e| self.storage_error(e, system))?;
         let (partial, sha256) = upload::receive(body, partial, declared, upload.expected)
@@ -203,7 +222,7 @@ impl App {
         let id = BackupId::new(uuid, ext).expect("now_v7 is a version 7 RFC 4122 UUID");
         let info = upload::new_info(id, filename, declared, sha256);
         self.storage
-            .commit(partial, &info)
+            .commit(system, partial, &info)
             .await
             .map_err(|e| self.storage_error(e, system))?;
         tracing::info!(system = %system, id = %id, size = declared, "backup stored");

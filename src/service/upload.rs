@@ -179,7 +179,7 @@ async fn flush(
     let (mut partial, mut hasher) = writer.expect("writer is put back after every flush");
     tokio::task::spawn_blocking(move || {
         hasher.update(&data);
-        partial.write(&data)?;
+        partial.write(data)?;
         Ok((partial, hasher))
     })
     .await

@@ -375,7 +375,7 @@ impl FsStore {
 /// bytes once retention removes the oldest (never the new one) until at
 /// most `count` (0 = any number) and `bytes` (0 = any size) remain: the
 /// same rule as [`FsStore::prune`].
-fn retained_bytes(oldest_first: &[u64], incoming: u64, count: u32, bytes: u64) -> u64 {
+pub(crate) fn retained_bytes(oldest_first: &[u64], incoming: u64, count: u32, bytes: u64) -> u64 {
     let mut left = oldest_first.len() as u64 + 1;
     let mut total = oldest_first.iter().sum::<u64>().saturating_add(incoming);
     for size in oldest_first {

@@ -17,8 +17,60 @@ use std::sync::Arc;
 
 use crate::backup_id::BackupId;
 use crate::system_name::SystemName;
-pub use fs::{Backup, PartialUpload};
 use metadata::BackupInfo;
+
+/// A backup opened for a download.
+pub enum Backup {
+    /// A file, open (it stays the same file even if renamed or replaced).
+    File(fs::Backup),
+    /// An object; its bytes are fetched with [`Storage::read`].
+    Object(s3::store::Object),
+}
+
+impl Backup {
+    /// What is known about it; `info().size` is the `Content-Length`.
+    pub fn info(&self) -> &BackupInfo {
+        match self {
+            Backup::File(b) => &b.info,
+            Backup::Object(o) => &o.info,
+        }
+    }
+
+    /// When it was last modified (`Last-Modified`).
+    pub fn modified(&self) -> std::time::SystemTime {
+        match self {
+            Backup::File(b) => b.modified,
+            Backup::Object(o) => o.modified,
+        }
+    }
+
+    /// Its strong validator (`ETag`): size, time and inode of a file, the
+    /// store's own of an object.
+    pub fn etag(&self) -> String {
+        match self {
+            Backup::File(b) => crate::http::ranges::etag(b.info.size, b.modified, b.ino),
+            Backup::Object(o) => o.etag.clone(),
+        }
+    }
+}
+
+/// An upload on its way into storage, until it is committed.
+pub enum PartialUpload {
+    /// A temporary file in the system's directory.
+    File(fs::PartialUpload),
+    /// A PUT to an upload key of its own.
+    Object(s3::store::Upload),
+}
+
+impl PartialUpload {
+    /// Appends `data`. Blocking: call from the blocking pool.
+    pub fn write(&mut self, data: bytes::Bytes) -> Result<(), StoreError> {
+        match self {
+            PartialUpload::File(upload) => upload.write(&data),
+            PartialUpload::Object(upload) => upload.write_blocking(data),
+        }
+    }
+}
 
 /// Why a store operation failed.
 #[derive(Debug)]
@@ -35,6 +87,8 @@ pub enum StoreError {
 pub enum Storage {
     /// A directory per system under a storage root, through cap-std.
     Fs(fs::FsStore),
+    /// Objects in an S3-compatible bucket.
+    S3(s3::store::S3Store),
 }
 
 impl Storage {
@@ -42,6 +96,15 @@ impl Storage {
     pub fn is_available(&self) -> bool {
         match self {
             Storage::Fs(store) => store.is_available(),
+            Storage::S3(store) => store.is_available(),
+        }
+    }
+
+    /// The object store, for what only it has (its health probe).
+    pub fn s3(&self) -> Option<&s3::store::S3Store> {
+        match self {
+            Storage::S3(store) => Some(store),
+            Storage::Fs(_) => None,
         }
     }
 
@@ -50,6 +113,7 @@ impl Storage {
     pub fn fs(&self) -> Option<&fs::FsStore> {
         match self {
             Storage::Fs(store) => Some(store),
+            Storage::S3(_) => None,
         }
     }
 
@@ -57,13 +121,29 @@ impl Storage {
     pub fn system_lock(&self, system: &SystemName) -> Arc<tokio::sync::Mutex<()>> {
         match self {
             Storage::Fs(store) => store.system_lock(system),
+            Storage::S3(store) => store.system_lock(system),
         }
     }
 
     /// Opens `system`'s backup `id` for reading.
     pub async fn open(&self, system: &SystemName, id: &BackupId) -> Result<Backup, StoreError> {
         match self {
-            Storage::Fs(store) => store.open(system, id).await,
+            Storage::Fs(store) => store.open(system, id).await.map(Backup::File),
+            Storage::S3(store) => store.open(system, id).await.map(Backup::Object),
+        }
+    }
+
+    /// Bytes `start..start+count` of an object backup, streamed (a file's
+    /// are read by the HTTP body itself).
+    pub async fn read(
+        &self,
+        object: &s3::store::Object,
+        start: u64,
+        count: u64,
+    ) -> Result<hyper::body::Incoming, StoreError> {
+        match self {
+            Storage::S3(store) => store.read(object, start, count).await,
+            Storage::Fs(_) => Err(StoreError::NotFound),
         }
     }
 
@@ -71,6 +151,7 @@ impl Storage {
     pub async fn list(&self, system: &SystemName) -> Result<Vec<BackupInfo>, StoreError> {
         match self {
             Storage::Fs(store) => store.list(system).await,
+            Storage::S3(store) => store.list(system).await,
         }
     }
 
@@ -78,6 +159,7 @@ impl Storage {
     pub async fn delete(&self, system: &SystemName, id: &BackupId) -> Result<(), StoreError> {
         match self {
             Storage::Fs(store) => store.delete(system, id).await,
+            Storage::S3(store) => store.delete(system, id).await,
         }
     }
 
@@ -92,25 +174,52 @@ impl Storage {
     ) -> Result<u64, StoreError> {
         match self {
             Storage::Fs(store) => store.usage_after(system, incoming, count, bytes).await,
+            Storage::S3(store) => Ok(fs::retained_bytes(
+                &store.sizes(system).await?,
+                incoming,
+                count,
+                bytes,
+            )),
         }
     }
 
-    /// Starts an upload of `system`: a place its bytes go until commit.
-    pub async fn begin_upload(&self, system: &SystemName) -> Result<PartialUpload, StoreError> {
+    /// Starts an upload of `declared` bytes for `system`: a place its
+    /// bytes go until commit. `checksum` (from `Content-Digest`) is passed
+    /// to a store that can check it too.
+    pub async fn begin_upload(
+        &self,
+        system: &SystemName,
+        declared: u64,
+        checksum: Option<[u8; 32]>,
+    ) -> Result<PartialUpload, StoreError> {
         match self {
-            Storage::Fs(store) => store.begin_upload(system).await,
+            Storage::Fs(store) => store.begin_upload(system).await.map(PartialUpload::File),
+            Storage::S3(store) => Ok(PartialUpload::Object(
+                store.begin_upload(declared, checksum),
+            )),
         }
     }
 
     /// Makes `upload` durable as backup `info.id` with its record.
-    pub async fn commit(&self, upload: PartialUpload, info: &BackupInfo) -> Result<(), StoreError> {
-        match self {
-            Storage::Fs(_) => {
+    pub async fn commit(
+        &self,
+        system: &SystemName,
+        upload: PartialUpload,
+        info: &BackupInfo,
+    ) -> Result<(), StoreError> {
+        match (self, upload) {
+            (Storage::S3(store), PartialUpload::Object(upload)) => {
+                store.commit(system, upload, info).await
+            }
+            (_, PartialUpload::File(upload)) => {
                 let info = info.clone();
                 tokio::task::spawn_blocking(move || upload.commit(&info))
                     .await
                     .unwrap_or_else(|e| Err(StoreError::Unavailable(io::Error::other(e))))
             }
+            (Storage::Fs(_), PartialUpload::Object(_)) => Err(StoreError::Unavailable(
+                io::Error::other("an object upload committed to a filesystem store"),
+            )),
         }
     }
 
@@ -125,6 +234,7 @@ impl Storage {
     ) -> Result<Vec<BackupId>, StoreError> {
         match self {
             Storage::Fs(store) => store.prune(system, keep, count, bytes).await,
+            Storage::S3(store) => store.prune(system, keep, count, bytes).await,
         }
     }
 }

@@ -69,12 +69,54 @@ pub fn serve_command(mut command: Command, dir: &Path, extra: &[&str]) -> Comman
     command
 }
 
+/// The object store the suites run against instead of the filesystem,
+/// when `BACKUPD_TEST_BACKEND=s3` (set by `.ci/s3.sh`, with the store in
+/// `BACKUPD_TEST_S3_ENDPOINT`, `_BUCKET`, `_ACCESS_KEY`, `_SECRET_KEY`).
+#[derive(Debug, Clone)]
+pub struct S3Target {
+    pub endpoint: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+/// The object store of this run, if the suites run against one.
+pub fn s3_target() -> Option<S3Target> {
+    if std::env::var("BACKUPD_TEST_BACKEND").ok()? != "s3" {
+        return None;
+    }
+    let var = |name: &str| {
+        std::env::var(format!("BACKUPD_TEST_S3_{name}"))
+            .unwrap_or_else(|_| panic!("BACKUPD_TEST_S3_{name} is not set"))
+    };
+    Some(S3Target {
+        endpoint: var("ENDPOINT"),
+        bucket: var("BUCKET"),
+        access_key: var("ACCESS_KEY"),
+        secret_key: var("SECRET_KEY"),
+    })
+}
+
+/// True (and says so) when the suite runs against an object store and
+/// the test checks something only the filesystem store has (files,
+/// symlinks, permissions, mounts): the test then returns early.
+pub fn fs_only(what: &str) -> bool {
+    let s3 = s3_target().is_some();
+    if s3 {
+        eprintln!("not on S3 (filesystem only): {what}");
+    }
+    s3
+}
+
 /// A running `backupd serve`.
 pub struct Server {
     pub dir: tempfile::TempDir,
     pub addr: SocketAddr,
     pub child: Child,
     log: Arc<Mutex<String>>,
+    /// `s3://BUCKET/PREFIX` when the server keeps its backups in the
+    /// object store (a fresh prefix per server).
+    pub s3: Option<(S3Target, String)>,
 }
 
 impl Server {
@@ -83,10 +125,25 @@ impl Server {
         Self::start_with(tempfile::tempdir().unwrap(), &[])
     }
 
-    /// Starts a server on `dir` with extra arguments.
+    /// Starts a server on `dir` with extra arguments; on the object store
+    /// of the run, if there is one and `extra` names no storage itself.
     pub fn start_with(dir: tempfile::TempDir, extra: &[&str]) -> Server {
-        let command = serve_command(Command::new(bin()), dir.path(), extra);
-        Self::launch(dir, command).unwrap_or_else(|log| panic!("server did not start: {log}"))
+        let mut command = serve_command(Command::new(bin()), dir.path(), extra);
+        let s3 = s3_target()
+            .filter(|_| !extra.contains(&"--storage"))
+            .map(|target| {
+                let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
+                let location = format!("s3://{}/{prefix}", target.bucket);
+                command
+                    .args(["--storage", &location, "--s3-endpoint", &target.endpoint])
+                    .env("AWS_ACCESS_KEY_ID", &target.access_key)
+                    .env("AWS_SECRET_ACCESS_KEY", &target.secret_key);
+                (target, prefix)
+            });
+        let mut server =
+            Self::launch(dir, command).unwrap_or_else(|log| panic!("server did not start: {log}"));
+        server.s3 = s3;
+        server
     }
 
     /// Runs `command` (a `backupd serve`) and waits for it to listen; on
@@ -148,6 +205,7 @@ impl Server {
             addr,
             child,
             log,
+            s3: None,
         })
     }
 
@@ -184,6 +242,110 @@ impl Server {
         false
     }
 
+    /// Keys (relative to the server's prefix) the object store holds under
+    /// `under`, listed with curl's own SigV4 signing.
+    fn s3_keys(&self, target: &S3Target, prefix: &str, under: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut token = String::new();
+        loop {
+            // Query values percent-encoded as SigV4 signs them ('/' too).
+            let mut url = format!(
+                "{}/{}?list-type=2&prefix={}",
+                target.endpoint,
+                target.bucket,
+                format!("{prefix}/{under}").replace('/', "%2F")
+            );
+            if !token.is_empty() {
+                url.push_str("&continuation-token=");
+                url.push_str(
+                    &token
+                        .replace('+', "%2B")
+                        .replace('/', "%2F")
+                        .replace('=', "%3D"),
+                );
+            }
+            let out = Command::new("curl")
+                .args([
+                    "-sS",
+                    "--fail",
+                    "--aws-sigv4",
+                    "aws:amz:us-east-1:s3",
+                    "--user",
+                ])
+                .arg(format!("{}:{}", target.access_key, target.secret_key))
+                .arg(&url)
+                .output()
+                .expect("curl");
+            assert!(
+                out.status.success(),
+                "LIST {url}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let field = |from: &str, tag: &str| -> Vec<String> {
+                from.split(&format!("<{tag}>"))
+                    .skip(1)
+                    .filter_map(|p| p.split(&format!("</{tag}>")).next())
+                    .map(str::to_owned)
+                    .collect()
+            };
+            for key in field(&text, "Key") {
+                keys.push(
+                    key.strip_prefix(&format!("{prefix}/"))
+                        .unwrap_or(&key)
+                        .to_owned(),
+                );
+            }
+            match field(&text, "NextContinuationToken").pop() {
+                Some(next) if text.contains("<IsTruncated>true</IsTruncated>") => token = next,
+                _ => break,
+            }
+        }
+        keys.sort();
+        keys
+    }
+
+    /// The names of `system`'s backups as stored (files in its directory,
+    /// or keys under its prefix), whatever the server says of them.
+    pub fn stored_backups(&self, system: &str) -> Vec<String> {
+        match &self.s3 {
+            None => names_in(&self.storage().join(system))
+                .into_iter()
+                .filter(|n| !n.starts_with('.'))
+                .collect(),
+            Some((target, prefix)) => self
+                .s3_keys(target, prefix, &format!("{system}/"))
+                .into_iter()
+                .filter_map(|k| k.strip_prefix(&format!("{system}/")).map(str::to_owned))
+                .collect(),
+        }
+    }
+
+    /// Uploads in progress, or left behind: `.upload-*` files in `system`'s
+    /// directory, or objects under the server's `.uploads/` prefix.
+    pub fn uploads_in_progress(&self, system: &str) -> Vec<String> {
+        match &self.s3 {
+            None => names_in(&self.storage().join(system))
+                .into_iter()
+                .filter(|n| n.starts_with(".upload-"))
+                .collect(),
+            Some((target, prefix)) => self.s3_keys(target, prefix, ".uploads/"),
+        }
+    }
+
+    /// Everything stored for `system` (backups, upload records, uploads in
+    /// progress), for tests that check a failure left nothing.
+    pub fn stored_everything(&self, system: &str) -> Vec<String> {
+        match &self.s3 {
+            None => names_in(&self.storage().join(system)),
+            Some((target, prefix)) => {
+                let mut all = self.s3_keys(target, prefix, &format!("{system}/"));
+                all.extend(self.s3_keys(target, prefix, ".uploads/"));
+                all
+            }
+        }
+    }
+
     /// `backupd systems add NAME` against this server's data dir: the secret.
     /// Waits (at most 2 s, the contract) for the server to pick it up.
     pub fn add_system(&self, name: &str) -> String {
@@ -212,10 +374,42 @@ impl Server {
         }
     }
 
-    /// Writes a backup file for `system`.
+    /// Writes a backup for `system` by other means than an upload: a file
+    /// in its directory, or an object under its prefix (PUT with curl's own
+    /// SigV4 signing, a client independent of backupd's).
     pub fn put(&self, system: &str, id: &str, bytes: &[u8]) -> PathBuf {
         let path = self.storage().join(system).join(id);
-        std::fs::write(&path, bytes).unwrap();
+        match &self.s3 {
+            None => std::fs::write(&path, bytes).unwrap(),
+            Some((target, prefix)) => {
+                let file = self.dir.path().join(format!(".put-{system}-{id}"));
+                std::fs::write(&file, bytes).unwrap();
+                let url = format!(
+                    "{}/{}/{prefix}/{system}/{id}",
+                    target.endpoint, target.bucket
+                );
+                let out = Command::new("curl")
+                    .args([
+                        "-sS",
+                        "--fail",
+                        "--aws-sigv4",
+                        "aws:amz:us-east-1:s3",
+                        "--user",
+                    ])
+                    .arg(format!("{}:{}", target.access_key, target.secret_key))
+                    .arg("-T")
+                    .arg(&file)
+                    .arg(&url)
+                    .output()
+                    .expect("curl");
+                assert!(
+                    out.status.success(),
+                    "PUT {url}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                std::fs::remove_file(&file).unwrap();
+            }
+        }
         path
     }
 

@@ -12,5 +12,7 @@
 //! specified exactly, and testable against AWS's own vectors.
 
 pub mod client;
+pub mod config;
 pub mod sigv4;
+pub mod store;
 pub mod xml;
