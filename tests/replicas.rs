@@ -1,0 +1,122 @@
+//! Stateless replicas: two `backupd serve` over one bucket and one
+//! credentials file. They need an object store (`.ci/s3.sh` runs them with
+//! `--ignored`, BACKUPD_TEST_BACKEND=s3).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use hyper::{Method, StatusCode};
+
+/// A second server over the same prefix of the same bucket and the same
+/// credentials file as `first`, with a data directory of its own.
+fn replica_of(first: &Server, extra: &[&str]) -> Server {
+    let (target, prefix) = first.s3.clone().expect("an S3 server");
+    let dir = tempfile::tempdir().unwrap();
+    let location = format!("s3://{}/{prefix}", target.bucket);
+    let credentials = first.data().join("credentials");
+    let mut command = serve_command(Command::new(bin()), dir.path(), extra);
+    command
+        .args(["--storage", &location, "--s3-endpoint", &target.endpoint])
+        .arg("--credentials")
+        .arg(&credentials)
+        .env("AWS_ACCESS_KEY_ID", &target.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &target.secret_key);
+    let mut server = Server::launch(dir, command).unwrap_or_else(|log| panic!("{log}"));
+    server.s3 = Some((target, prefix));
+    server
+}
+
+fn ids(reply: &Reply) -> Vec<String> {
+    json(reply)["data"]["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs an S3 server: .ci/s3.sh"]
+async fn an_upload_through_one_replica_is_served_by_another_at_once() {
+    let a = Server::start_with(tempfile::tempdir().unwrap(), &["--retention-count", "0"]);
+    assert!(a.s3.is_some(), "run with BACKUPD_TEST_BACKEND=s3");
+    let b = replica_of(&a, &["--retention-count", "0"]);
+    let auth = basic("fw1", &a.add_system("fw1"));
+    let content: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
+    let stored = upload(
+        a.addr,
+        Some(&auth),
+        content.clone(),
+        &[("x-filename", "n.tar.gz")],
+    )
+    .await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.text());
+    let id = json(&stored)["data"]["id"].as_str().unwrap().to_owned();
+    // Listed and served by the other replica at once, record included.
+    let list = get(b.addr, "/api/systems/backups", Some(&auth)).await;
+    assert_eq!(ids(&list), vec![id.clone()]);
+    assert_eq!(json(&list)["data"]["backups"][0], json(&stored)["data"]);
+    let got = get(b.addr, &backup_path(&id), Some(&auth)).await;
+    assert!(
+        got.body == content,
+        "the other replica served different bytes"
+    );
+    assert!(got.header("repr-digest").is_some());
+    // Deleted through the other: gone for the first at once.
+    let deleted = request(b.addr, Method::DELETE, &backup_path(&id), Some(&auth)).await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    assert_eq!(
+        get(a.addr, &backup_path(&id), Some(&auth)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        ids(&get(a.addr, "/api/systems/backups", Some(&auth)).await),
+        Vec::<String>::new()
+    );
+}
+
+/// Retention under concurrent uploads of one system through two replicas:
+/// never fewer than the count, never the newest removed, and at most the
+/// count after the next upload.
+#[tokio::test]
+#[ignore = "needs an S3 server: .ci/s3.sh"]
+async fn retention_converges_across_replicas() {
+    let flags = [
+        "--retention-count",
+        "2",
+        "--upload-rate-per-minute",
+        "0",
+        "--upload-rate-per-hour",
+        "0",
+    ];
+    let a = Server::start_with(tempfile::tempdir().unwrap(), &flags);
+    assert!(a.s3.is_some(), "run with BACKUPD_TEST_BACKEND=s3");
+    let b = replica_of(&a, &flags);
+    let auth = basic("fw1", &a.add_system("fw1"));
+    let mut tasks = Vec::new();
+    for i in 0..8u8 {
+        let (addr, auth) = (if i % 2 == 0 { a.addr } else { b.addr }, auth.clone());
+        tasks.push(tokio::spawn(async move {
+            let reply = upload(addr, Some(&auth), vec![i; 5000], &[]).await;
+            assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+            json(&reply)["data"]["id"].as_str().unwrap().to_owned()
+        }));
+    }
+    let mut stored = Vec::new();
+    for task in tasks {
+        stored.push(task.await.unwrap());
+    }
+    stored.sort();
+    let newest = stored.last().unwrap().clone();
+    let left = a.stored_backups("fw1");
+    assert!(left.len() >= 2, "fewer than the count: {left:?}");
+    assert!(left.contains(&newest), "the newest was removed: {left:?}");
+    // The next upload brings it to the count.
+    let next = upload(b.addr, Some(&auth), vec![9; 10], &[]).await;
+    let next = json(&next)["data"]["id"].as_str().unwrap().to_owned();
+    let left = a.stored_backups("fw1");
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&next), "{left:?}");
+}

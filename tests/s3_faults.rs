@@ -1,0 +1,234 @@
+//! The object store failing under a running server: stopped between
+//! requests, mid-download and mid-upload. A TCP proxy in front of the
+//! store (SeaweedFS, from `.ci/s3.sh`, run with `--ignored`) is the switch:
+//! "stopped" refuses new connections and cuts the open ones.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hyper::StatusCode;
+use tokio::net::{TcpListener, TcpStream};
+
+/// A switchable TCP proxy to the store.
+struct Switch {
+    addr: std::net::SocketAddr,
+    up: Arc<AtomicBool>,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Switch {
+    async fn to(upstream: String) -> Switch {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let connections: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (flag, open) = (up.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(client); // refused: the store is "stopped"
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                open.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Switch {
+            addr,
+            up,
+            connections,
+        }
+    }
+
+    fn stop(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for c in self.connections.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn start(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A server whose store is behind a switch.
+async fn behind_a_switch(extra: &[&str]) -> (Server, Switch) {
+    let target = s3_target().expect("run with BACKUPD_TEST_BACKEND=s3");
+    let upstream = target.endpoint.trim_start_matches("http://").to_owned();
+    let switch = Switch::to(upstream).await;
+    let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
+    let dir = tempfile::tempdir().unwrap();
+    let location = format!("s3://{}/{prefix}", target.bucket);
+    let endpoint = format!("http://{}", switch.addr);
+    let mut args = vec!["--storage", &location, "--s3-endpoint", &endpoint];
+    args.extend_from_slice(extra);
+    let mut command = serve_command(std::process::Command::new(bin()), dir.path(), &args);
+    command
+        .env("AWS_ACCESS_KEY_ID", &target.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &target.secret_key);
+    let mut server = Server::launch(dir, command).unwrap_or_else(|log| panic!("{log}"));
+    server.s3 = Some((target, prefix));
+    (server, switch)
+}
+
+#[tokio::test]
+#[ignore = "needs an S3 server: .ci/s3.sh"]
+async fn a_stopped_store_is_503_and_the_server_recovers_by_itself() {
+    let (server, switch) = behind_a_switch(&["--admin-listen", "127.0.0.1:0"]).await;
+    let admin = admin_addr(&server);
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let stored = upload(server.addr, Some(&auth), b"before".to_vec(), &[]).await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.text());
+    let id = json(&stored)["data"]["id"].as_str().unwrap().to_owned();
+
+    switch.stop();
+    for reply in [
+        get(server.addr, &backup_path(&id), Some(&auth)).await,
+        get(server.addr, "/api/systems/backups", Some(&auth)).await,
+        upload(server.addr, Some(&auth), b"during".to_vec(), &[]).await,
+    ] {
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.text()
+        );
+        assert!(reply.header("retry-after").is_some());
+        assert_eq!(reply.text(), UNAVAILABLE_BODY);
+    }
+    let start = Instant::now();
+    while get(admin, "/readyz", None).await.status != StatusCode::SERVICE_UNAVAILABLE {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "readyz stayed 200"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server.log().contains("ERROR"), "{}", server.log());
+
+    switch.start();
+    let start = Instant::now();
+    loop {
+        let reply = get(server.addr, &backup_path(&id), Some(&auth)).await;
+        if reply.status == StatusCode::OK {
+            assert_eq!(&reply.body[..], b"before");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "not back within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let start = Instant::now();
+    while get(admin, "/readyz", None).await.status != StatusCode::OK {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "readyz did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The upload refused during the outage left nothing.
+    assert_eq!(server.stored_backups("fw1"), vec![id]);
+    assert_eq!(server.uploads_in_progress("fw1"), Vec::<String>::new());
+}
+
+#[tokio::test]
+#[ignore = "needs an S3 server: .ci/s3.sh"]
+async fn a_store_stopped_mid_download_aborts_the_transfer() {
+    use http_body_util::BodyExt;
+    let (server, switch) = behind_a_switch(&[]).await;
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let content: Vec<u8> = (0..40_000_000u32).map(|i| (i % 251) as u8).collect();
+    let stored = upload(server.addr, Some(&auth), content.clone(), &[]).await;
+    let id = json(&stored)["data"]["id"].as_str().unwrap().to_owned();
+    let res = open(
+        server.addr,
+        false,
+        hyper::Method::GET,
+        &backup_path(&id),
+        Some(&auth),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.into_body();
+    let mut got = 0usize;
+    // Read a little, then cut the store.
+    while got < 1 << 20 {
+        let frame = within(STEP, body.frame()).await.unwrap().unwrap();
+        got += frame.into_data().map_or(0, |d| d.len());
+    }
+    switch.stop();
+    let mut failed = false;
+    while let Some(frame) = within(STEP, body.frame()).await {
+        match frame {
+            Ok(frame) => got += frame.into_data().map_or(0, |d| d.len()),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        failed || got == content.len(),
+        "a clean short body: {got} of {}",
+        content.len()
+    );
+    assert!(
+        got < content.len(),
+        "the whole body arrived through a stopped store"
+    );
+    assert!(
+        server.wait_for_log("complete=false", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs an S3 server: .ci/s3.sh"]
+async fn a_store_stopped_mid_upload_leaves_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server, switch) = behind_a_switch(&[]).await;
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let mut stream = within(STEP, TcpStream::connect(server.addr)).await.unwrap();
+    let head = format!(
+        "POST /api/systems/backups HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Length: 8000000\r\nConnection: close\r\n\r\n"
+    );
+    within(STEP, stream.write_all(head.as_bytes()))
+        .await
+        .unwrap();
+    within(STEP, stream.write_all(&[7u8; 3_000_000]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    switch.stop();
+    // The rest of the body; the server answers 503 (or closes) either way.
+    let _ = within(STEP, stream.write_all(&[7u8; 5_000_000])).await;
+    let mut out = Vec::new();
+    let _ = within(STEP, stream.read_to_end(&mut out)).await;
+    let status = raw_status(&out);
+    assert!(
+        status.is_none_or(|s| s == 503),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    switch.start();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(server.stored_everything("fw1"), Vec::<String>::new());
+    let list = get(server.addr, "/api/systems/backups", Some(&auth)).await;
+    assert_eq!(json(&list)["data"]["backups"], serde_json::json!([]));
+}
