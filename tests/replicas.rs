@@ -19,6 +19,7 @@ fn replica_of(first: &Server, extra: &[&str]) -> Server {
     let mut command = serve_command(Command::new(bin()), dir.path(), extra);
     command
         .args(["--storage", &location, "--s3-endpoint", &target.endpoint])
+        .args(["--s3-region", &target.region])
         .arg("--credentials")
         .arg(&credentials)
         .env("AWS_ACCESS_KEY_ID", &target.access_key)

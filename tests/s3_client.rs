@@ -28,11 +28,15 @@ fn credentials(access: &str, secret: &str) -> Credentials {
     }
 }
 
+fn region() -> String {
+    std::env::var("BACKUPD_TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into())
+}
+
 fn client_with(secret: &str) -> Client {
     Client::new(
         Endpoint::parse(&env("ENDPOINT")).unwrap(),
         &env("BUCKET"),
-        "us-east-1",
+        &region(),
         credentials(&env("ACCESS_KEY"), secret),
         &Trust::Ca(Vec::new()),
     )

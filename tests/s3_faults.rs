@@ -73,7 +73,14 @@ async fn behind_a_switch(extra: &[&str]) -> (Server, Switch) {
     let dir = tempfile::tempdir().unwrap();
     let location = format!("s3://{}/{prefix}", target.bucket);
     let endpoint = format!("http://{}", switch.addr);
-    let mut args = vec!["--storage", &location, "--s3-endpoint", &endpoint];
+    let mut args = vec![
+        "--storage",
+        &location,
+        "--s3-endpoint",
+        &endpoint,
+        "--s3-region",
+        &target.region,
+    ];
     args.extend_from_slice(extra);
     let mut command = serve_command(std::process::Command::new(bin()), dir.path(), &args);
     command

@@ -78,6 +78,8 @@ pub struct S3Target {
     pub bucket: String,
     pub access_key: String,
     pub secret_key: String,
+    /// `BACKUPD_TEST_S3_REGION`, default `us-east-1` (Garage: `garage`).
+    pub region: String,
 }
 
 /// The object store of this run, if the suites run against one.
@@ -94,6 +96,7 @@ pub fn s3_target() -> Option<S3Target> {
         bucket: var("BUCKET"),
         access_key: var("ACCESS_KEY"),
         secret_key: var("SECRET_KEY"),
+        region: std::env::var("BACKUPD_TEST_S3_REGION").unwrap_or_else(|_| "us-east-1".into()),
     })
 }
 
@@ -136,6 +139,7 @@ impl Server {
                 let location = format!("s3://{}/{prefix}", target.bucket);
                 command
                     .args(["--storage", &location, "--s3-endpoint", &target.endpoint])
+                    .args(["--s3-region", &target.region])
                     .env("AWS_ACCESS_KEY_ID", &target.access_key)
                     .env("AWS_SECRET_ACCESS_KEY", &target.secret_key);
                 (target, prefix)
@@ -265,14 +269,12 @@ impl Server {
                 );
             }
             let out = Command::new("curl")
-                .args([
-                    "-sS",
-                    "--fail",
-                    "--aws-sigv4",
-                    "aws:amz:us-east-1:s3",
-                    "--user",
-                ])
+                .args(["-sS", "--fail", "--user"])
                 .arg(format!("{}:{}", target.access_key, target.secret_key))
+                .arg("--aws-sigv4")
+                .arg(format!("aws:amz:{}:s3", target.region))
+                // Garage (like AWS) wants it; curl 7.88 does not send it.
+                .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
                 .arg(&url)
                 .output()
                 .expect("curl");
@@ -389,14 +391,12 @@ impl Server {
                     target.endpoint, target.bucket
                 );
                 let out = Command::new("curl")
-                    .args([
-                        "-sS",
-                        "--fail",
-                        "--aws-sigv4",
-                        "aws:amz:us-east-1:s3",
-                        "--user",
-                    ])
+                    .args(["-sS", "--fail", "--user"])
                     .arg(format!("{}:{}", target.access_key, target.secret_key))
+                    .arg("--aws-sigv4")
+                    .arg(format!("aws:amz:{}:s3", target.region))
+                    // Garage (like AWS) wants it; curl 7.88 does not send it.
+                    .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
                     .arg("-T")
                     .arg(&file)
                     .arg(&url)
