@@ -35,7 +35,7 @@ pub const MAX_CACHED_RECORDS: usize = 100_000;
 
 /// Most HEAD requests in flight while a list learns records it has not
 /// seen (another replica's uploads, or after a restart).
-pub const RECORD_FETCHES_IN_FLIGHT: usize = 16;
+pub const RECORD_FETCHES_IN_FLIGHT: usize = 32;
 
 /// Chunks of an upload queued for its PUT: with 1 MiB chunks, at most this
 /// many MiB of one upload wait in memory.
@@ -191,30 +191,32 @@ impl S3Store {
                 }
             }
         }
-        // Records not seen yet: HEADs, a bounded number at a time.
-        for batch in missing.chunks(RECORD_FETCHES_IN_FLIGHT) {
-            let mut fetches = tokio::task::JoinSet::new();
-            for id in batch {
-                let (client, key, id) = (
+        // Records not seen yet: HEADs, at most RECORD_FETCHES_IN_FLIGHT at a
+        // time, a new one started as each answers.
+        let mut pending = missing.into_iter();
+        let mut fetches = tokio::task::JoinSet::new();
+        loop {
+            while fetches.len() < RECORD_FETCHES_IN_FLIGHT {
+                let Some(id) = pending.next() else { break };
+                let (client, key) = (
                     self.client.clone(),
-                    key::backup_key(&self.prefix, system, id),
-                    *id,
+                    key::backup_key(&self.prefix, system, &id),
                 );
                 fetches.spawn(async move { (id, client.head(&key).await) });
             }
-            while let Some(joined) = fetches.join_next().await {
-                let (id, head) =
-                    joined.map_err(|e| StoreError::Unavailable(io::Error::other(e)))?;
-                match self.note(head) {
-                    Ok(headers) => {
-                        let (info, _, _) = describe(id, &headers)?;
-                        self.remember(system, &info);
-                        known.push(info);
-                    }
-                    // Deleted since the listing.
-                    Err(StoreError::NotFound) => {}
-                    Err(e) => return Err(e),
+            let Some(joined) = fetches.join_next().await else {
+                break;
+            };
+            let (id, head) = joined.map_err(|e| StoreError::Unavailable(io::Error::other(e)))?;
+            match self.note(head) {
+                Ok(headers) => {
+                    let (info, _, _) = describe(id, &headers)?;
+                    self.remember(system, &info);
+                    known.push(info);
                 }
+                // Deleted since the listing.
+                Err(StoreError::NotFound) => {}
+                Err(e) => return Err(e),
             }
         }
         known.sort_by_key(|b| std::cmp::Reverse(b.id.uuid()));
