@@ -52,6 +52,6 @@ export BACKUPD_TEST_S3_ENDPOINT=http://127.0.0.1:3900 BACKUPD_TEST_S3_BUCKET=bac
 export BACKUPD_TEST_S3_REGION=garage
 export BACKUPD_TEST_S3_ACCESS_KEY="$access" BACKUPD_TEST_S3_SECRET_KEY="$secret"
 cargo test --locked --test s3_client -- --ignored
-BACKUPD_TEST_BACKEND=s3 cargo test --locked --test download --test lifecycle
+BACKUPD_TEST_BACKEND=s3 cargo test --locked --test download --test lifecycle --test hostile
 BACKUPD_TEST_BACKEND=s3 cargo test --locked --test replicas --test s3_faults -- --ignored
 echo "== Garage passed"

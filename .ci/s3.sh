@@ -2,7 +2,7 @@
 # The S3 suites against a real object store: SeaweedFS from its Python
 # wheel, started here on loopback (S3 on 127.0.0.1:8333), one bucket, one
 # key. Runs the S3 client's tests that need a store (`--ignored` in
-# cargo's terms), then the download and lifecycle suites again with every
+# cargo's terms), then the download, lifecycle and hostile suites again with every
 # server keeping its backups in the bucket (BACKUPD_TEST_BACKEND=s3; the
 # tests that check filesystem-only things say so and return).
 set -euo pipefail
@@ -28,7 +28,7 @@ curl -s -o /dev/null http://127.0.0.1:8333/ || { echo "FAIL: SeaweedFS did not s
 export BACKUPD_TEST_S3_ENDPOINT=http://127.0.0.1:8333 BACKUPD_TEST_S3_BUCKET=backups
 export BACKUPD_TEST_S3_ACCESS_KEY="$key" BACKUPD_TEST_S3_SECRET_KEY="$secret"
 cargo test --locked --test s3_client -- --ignored
-BACKUPD_TEST_BACKEND=s3 cargo test --locked --test download --test lifecycle
+BACKUPD_TEST_BACKEND=s3 cargo test --locked --test download --test lifecycle --test hostile
 # Two replicas over one bucket; the store stopped between requests,
 # mid-download and mid-upload (a switchable proxy in front of it).
 BACKUPD_TEST_BACKEND=s3 cargo test --locked --test replicas --test s3_faults -- --ignored

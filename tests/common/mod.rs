@@ -376,6 +376,41 @@ impl Server {
         }
     }
 
+    /// Writes an object at `key` (relative to the server's prefix) in the
+    /// object store, whatever its name: for planting keys no upload makes.
+    pub fn put_key(&self, key: &str, bytes: &[u8]) {
+        let (target, prefix) = self.s3.as_ref().expect("an S3 server");
+        let file = self.dir.path().join(".put-key");
+        std::fs::write(&file, bytes).unwrap();
+        let encoded: String = key
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let url = format!("{}/{}/{prefix}/{encoded}", target.endpoint, target.bucket);
+        let out = Command::new("curl")
+            .args(["-sS", "--fail", "--user"])
+            .arg(format!("{}:{}", target.access_key, target.secret_key))
+            .arg("--aws-sigv4")
+            .arg(format!("aws:amz:{}:s3", target.region))
+            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+            .arg("-T")
+            .arg(&file)
+            .arg(&url)
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "PUT {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Writes a backup for `system` by other means than an upload: a file
     /// in its directory, or an object under its prefix (PUT with curl's own
     /// SigV4 signing, a client independent of backupd's).
