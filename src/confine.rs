@@ -8,6 +8,7 @@
 //! | the storage root's parent | read only: a root replaced while running can be re-opened |
 //! | the credentials file's directory | read only: reloads re-read it |
 //! | the TLS files' directories | read only: SIGHUP re-reads them |
+//! | TCP connects | none, or only to the object store's port (ABI 4) |
 //!
 //! Everything else (no exec, no other files, no device nodes, no symlink or
 //! FIFO creation) is denied. Rules attach to directories as they are when
@@ -21,8 +22,8 @@
 
 use cap_std::fs::Dir;
 use landlock::{
-    ABI, Access, AccessFs, BitFlags, PathBeneath, Ruleset, RulesetAttr, RulesetCreatedAttr,
-    RulesetStatus,
+    ABI, Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetStatus,
 };
 
 /// The newest Landlock ABI this code asks for; older kernels get the
@@ -36,6 +37,10 @@ pub struct Allowed {
     /// Directories to read: the root's parent, the credentials directory,
     /// the TLS files' directories.
     pub read: Vec<Dir>,
+    /// The only TCP ports the process may connect to (Landlock ABI 4,
+    /// Linux 6.7; older kernels enforce the rest): none with the filesystem
+    /// store, the object store's (and DNS's, for a host name) with S3.
+    pub connect: Vec<u16>,
 }
 
 /// What the kernel enforced.
@@ -117,8 +122,14 @@ pub fn apply(allowed: &Allowed) -> Result<Status, String> {
     let read_write: BitFlags<AccessFs> = read | write;
     let mut ruleset = Ruleset::default()
         .handle_access(AccessFs::from_all(ABI_WANTED))
+        .and_then(|r| r.handle_access(AccessNet::ConnectTcp))
         .and_then(|r| r.create())
         .map_err(|e| e.to_string())?;
+    for port in &allowed.connect {
+        ruleset = ruleset
+            .add_rule(NetPort::new(*port, AccessNet::ConnectTcp))
+            .map_err(|e| e.to_string())?;
+    }
     if let Some(storage) = &allowed.storage {
         ruleset = ruleset
             .add_rule(PathBeneath::new(storage, read_write))

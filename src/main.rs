@@ -482,7 +482,8 @@ fn worker(config: &ServeConfig, listeners: Listeners, supervisor: Option<Supervi
     };
     let mut succession = None;
     if let Some(supervisor) = supervisor {
-        match confine::apply(&allowed_dirs(config, &app, tls.as_deref())) {
+        let allowed = allowed_dirs(config, &app, tls.as_deref());
+        match confine::apply(&allowed) {
             Ok(confine::Status::None) => {
                 let why = confine::why_not_enforced();
                 if why.starts_with("kernel without") {
@@ -492,7 +493,16 @@ fn worker(config: &ServeConfig, listeners: Listeners, supervisor: Option<Supervi
                 }
             }
             Ok(status) => {
-                tracing::info!("self-sandbox (Landlock): {}", status.describe());
+                let ports = &allowed.connect;
+                tracing::info!(
+                    "self-sandbox (Landlock): {}; TCP connects allowed: {}",
+                    status.describe(),
+                    if ports.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        format!("to port {ports:?} only")
+                    }
+                );
                 if status.enforced() {
                     succession = Some(Succession {
                         supervisor,
@@ -590,6 +600,11 @@ fn allowed_dirs(config: &ServeConfig, app: &App, tls: Option<&Tls>) -> confine::
             .iter()
             .filter_map(|p| DirPath::new(p).open(false).ok())
             .collect(),
+        connect: app
+            .storage
+            .s3()
+            .map(S3Store::connect_ports)
+            .unwrap_or_default(),
     }
 }
 

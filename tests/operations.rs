@@ -270,6 +270,21 @@ async fn the_self_sandbox_is_reported_and_everything_works_under_it() {
         .log()
         .contains("self-sandbox (Landlock): fully enforced")
     {
+        // No outgoing TCP at all from a worker that keeps its backups on
+        // the filesystem; only the object store's port from one on S3.
+        let expected = match &server.s3 {
+            None => "TCP connects allowed: none".to_owned(),
+            Some((target, _)) => {
+                let port = target
+                    .endpoint
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .trim_end_matches('/');
+                format!("TCP connects allowed: to port [{port}] only")
+            }
+        };
+        assert!(server.log().contains(&expected), "{}", server.log());
         // The server runs in one worker under the supervisor, and
         // restrict_self also sets no_new_privs on the whole worker.
         let workers = server.workers();

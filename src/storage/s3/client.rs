@@ -91,6 +91,16 @@ impl Endpoint {
         })
     }
 
+    /// The port connected to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether the host is an address (no name to resolve).
+    pub fn is_address(&self) -> bool {
+        self.server_name().parse::<IpAddr>().is_ok()
+    }
+
     /// `host:port`, as sent in `Host` and signed.
     pub fn authority(&self) -> String {
         format!("{}:{}", self.host, self.port)
@@ -181,6 +191,11 @@ pub fn empty() -> RequestBody {
 }
 
 impl Client {
+    /// Where the store is.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
     /// A client of `bucket` at `endpoint`, signing for `region`; an HTTPS
     /// endpoint is checked against `trust`.
     pub fn new(

@@ -85,6 +85,17 @@ impl S3Store {
         }
     }
 
+    /// The TCP ports this store connects to: its endpoint's, and DNS's
+    /// when the endpoint is a name (for the self-sandbox).
+    pub fn connect_ports(&self) -> Vec<u16> {
+        let endpoint = self.client.endpoint();
+        let mut ports = vec![endpoint.port()];
+        if !endpoint.is_address() {
+            ports.push(53);
+        }
+        ports
+    }
+
     /// Whether the store answered the last request or probe.
     pub fn is_available(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
