@@ -123,8 +123,13 @@ fn credentials_from_env() -> Result<Credentials, String> {
 fn credentials_file(path: &Path) -> Result<Credentials, String> {
     let text = read(path)?;
     let text = String::from_utf8(text).map_err(|_| format!("{}: not UTF-8", path.display()))?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        use std::os::unix::fs::PermissionsExt;
+    let file = FilePath::new(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Ok(meta) = file
+        .dir()
+        .open(false)
+        .and_then(|dir| dir.metadata(file.name()))
+    {
+        use cap_std::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             tracing::warn!(
