@@ -175,6 +175,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_credentials_file_in_the_aws_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s3-credentials");
+        std::fs::write(
+            &path,
+            "# backupd's key\n[default]\naws_access_key_id = AKIAEXAMPLE\naws_secret_access_key=abc/def+ghi\n",
+        )
+        .unwrap();
+        let creds = credentials_file(&path).unwrap();
+        assert_eq!(creds.access_key, "AKIAEXAMPLE");
+        assert_eq!(creds.secret_key, "abc/def+ghi");
+        assert_eq!(creds.session_token, None);
+        std::fs::write(&path, "aws_access_key_id = AKIAEXAMPLE\n").unwrap();
+        assert!(
+            credentials_file(&path)
+                .unwrap_err()
+                .contains("aws_secret_access_key")
+        );
+        std::fs::write(&path, "no equals sign\n").unwrap();
+        assert!(credentials_file(&path).is_err());
+    }
+
+    #[test]
     fn storage_names_a_bucket_and_a_prefix() {
         let at = |s: &str| Location::of(Path::new(s));
         assert_eq!(at("/var/lib/backupd/backups"), None);
