@@ -23,7 +23,21 @@ cleanup() {
   rm -rf "$work" || true
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free port P whose P+10000 is free too: SeaweedFS puts each server's
+# gRPC there (an ephemeral port above 55535 would make it invalid).
+free_port() {
+  python3 - <<'PY'
+import random, socket
+while True:
+    p = random.randint(20000, 45000)
+    try:
+        a = socket.socket(); a.bind(("127.0.0.1", p))
+        b = socket.socket(); b.bind(("127.0.0.1", p + 10000))
+    except OSError:
+        continue
+    a.close(); b.close(); print(p); break
+PY
+}
 wait_port() {
   for _ in $(seq 300); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.2; done
   echo "FAIL: nothing listens on $1"; for f in "$work"/*.log; do echo "-- $f"; tail -n 15 "$f"; done; exit 1

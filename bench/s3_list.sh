@@ -13,7 +13,20 @@ bin=${BIN:-$PWD/target/release/backupd}
 work=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; rm -rf "$work" || true' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free port P whose P+10000 is free too (SeaweedFS's gRPC goes there).
+port() {
+  python3 - <<'PY'
+import random, socket
+while True:
+    p = random.randint(20000, 45000)
+    try:
+        a = socket.socket(); a.bind(("127.0.0.1", p))
+        b = socket.socket(); b.bind(("127.0.0.1", p + 10000))
+    except OSError:
+        continue
+    a.close(); b.close(); print(p); break
+PY
+}
 key=bench$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
 secret=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 echo "{\"identities\":[{\"name\":\"b\",\"credentials\":[{\"accessKey\":\"$key\",\"secretKey\":\"$secret\"}],\"actions\":[\"Admin\",\"Read\",\"Write\",\"List\"]}]}" >"$work/s3.json"
