@@ -167,6 +167,15 @@ struct ServeArgs {
     /// the system's CA bundle].
     #[arg(long, env = "BACKUPD_S3_CA")]
     s3_ca: Option<PathBuf>,
+    /// Largest upload sent to the store in one PUT (and copied in one
+    /// CopyObject); larger ones go as multipart uploads. At least 5 MiB.
+    #[arg(long, env = "BACKUPD_S3_SINGLE_PUT_MAX", default_value_t = backupd::storage::s3::store::S3_SINGLE_PUT_MAX)]
+    s3_single_put_max: u64,
+    /// Seconds to wait for the object store's answer (and between two
+    /// pieces of a backup it sends) before answering 503 or aborting the
+    /// transfer.
+    #[arg(long, env = "BACKUPD_S3_TIMEOUT", default_value_t = backupd::storage::s3::client::S3_ANSWER_TIMEOUT.as_secs())]
+    s3_timeout: u64,
     /// Refuse DELETE (403): only retention removes backups, so a stolen
     /// secret cannot wipe a system's history.
     #[arg(long, env = "BACKUPD_APPEND_ONLY")]
@@ -277,6 +286,8 @@ fn main() -> ExitCode {
                 region: args.s3_region,
                 credentials: args.s3_credentials,
                 ca: args.s3_ca,
+                single_put_max: args.s3_single_put_max,
+                timeout: std::time::Duration::from_secs(args.s3_timeout.max(1)),
             },
             create_storage: locations.create_storage,
             max_connections: args.max_connections.max(1),
@@ -544,7 +555,11 @@ fn prepare(config: &ServeConfig) -> Result<(Arc<App>, Option<Arc<Tls>>), String>
         Some(location) => {
             let location = location?;
             let client = s3config::client(&location, &config.s3)?;
-            Storage::S3(S3Store::new(client, location.prefix))
+            Storage::S3(S3Store::new(
+                client,
+                location.prefix,
+                config.s3.single_put_max,
+            )?)
         }
         None => {
             let store = FsStore::new(DirPath::new(&config.storage), config.create_storage);

@@ -1064,3 +1064,100 @@ async fn curl_oj_restores_under_the_uploaded_name() {
         Some("attachment; filename=\"evilSet-Cookiex1\"; filename*=UTF-8''evilSet-Cookiex1")
     );
 }
+
+/// Above `--s3-single-put-max` an upload goes to the object store as a
+/// multipart upload (8 MiB signed parts) and is committed by part copies
+/// (5 MiB here); on the filesystem the flag changes nothing. Either way
+/// the backup is stored whole, and a cut or mismatched upload of that size
+/// leaves nothing: no object, no record, no multipart upload in progress.
+#[tokio::test]
+async fn an_upload_above_the_single_put_limit_is_stored_whole_or_not_at_all() {
+    let server = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &["--s3-single-put-max", "5242880"],
+    );
+    let secret = server.add_system("fw1");
+    let auth = basic("fw1", &secret);
+    let data = content((20 << 20) + 12_345, 9);
+    let digest = format!("sha-256=:{}:", sha256_b64(&data));
+    let reply = upload(
+        server.addr,
+        Some(&auth),
+        data.clone(),
+        &[("content-digest", &digest), ("x-filename", "big.tar.gz")],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let id = json(&reply)["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(json(&reply)["data"]["sha256"], sha256_hex(&data));
+    let whole = get(server.addr, &backup_path(&id), Some(&auth)).await;
+    assert_eq!(whole.status, StatusCode::OK);
+    assert!(whole.body == data, "the backup came back different");
+    // A range across the first part boundary (8 MiB) and a copy boundary
+    // (5 MiB, 10 MiB).
+    let url = format!("http://{}{}", server.addr, backup_path(&id));
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--user", &format!("fw1:{secret}")])
+        .args(["-r", "5000000-11000000", &url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == data[5_000_000..=11_000_000],
+        "the range came back different"
+    );
+    assert_eq!(server.stored_backups("fw1"), vec![id.clone()]);
+    assert_eq!(partials(&server, "fw1"), Vec::<String>::new());
+    assert_eq!(server.multipart_uploads(), Vec::<String>::new());
+
+    // Cut after two parts' worth: nothing of it stays.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = within(STEP, tokio::net::TcpStream::connect(server.addr))
+            .await
+            .unwrap();
+        let head = format!(
+            "POST /api/systems/backups HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nContent-Length: {}\r\n\r\n",
+            data.len()
+        );
+        within(STEP, stream.write_all(head.as_bytes()))
+            .await
+            .unwrap();
+        within(STEP, stream.write_all(&data[..18 << 20]))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A mismatched digest: 400.
+    let wrong = format!("sha-256=:{}:", sha256_b64(b"other"));
+    let reply = upload(
+        server.addr,
+        Some(&auth),
+        data.clone(),
+        &[("content-digest", &wrong)],
+    )
+    .await;
+    assert_error(
+        &reply,
+        400,
+        r#"{"code":400,"message":"checksum mismatch","data":{}}"#,
+    );
+    let start = std::time::Instant::now();
+    loop {
+        let left = (
+            server.stored_backups("fw1"),
+            partials(&server, "fw1"),
+            server.multipart_uploads(),
+        );
+        let only_the_backup = left.0 == vec![id.clone()] && left.1.is_empty() && left.2.is_empty();
+        if only_the_backup {
+            break;
+        }
+        assert!(start.elapsed() < STEP, "left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

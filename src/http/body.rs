@@ -477,7 +477,7 @@ fn shrank() -> io::Error {
 /// an error, so the client sees an aborted transfer, never a clean short
 /// body.
 pub struct StreamedBody {
-    inner: hyper::body::Incoming,
+    inner: crate::storage::s3::store::ObjectBody,
     /// Bytes promised.
     len: u64,
     /// Bytes received from the store so far.
@@ -488,7 +488,7 @@ pub struct StreamedBody {
 
 impl StreamedBody {
     /// Streams `len` bytes of `inner`.
-    pub fn new(inner: hyper::body::Incoming, len: u64, on_end: OnEnd) -> Self {
+    pub fn new(inner: crate::storage::s3::store::ObjectBody, len: u64, on_end: OnEnd) -> Self {
         StreamedBody {
             inner,
             len,

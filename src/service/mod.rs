@@ -112,7 +112,7 @@ impl App {
         object: &crate::storage::s3::store::Object,
         start: u64,
         count: u64,
-    ) -> Result<hyper::body::Incoming, Error> {
+    ) -> Result<crate::storage::s3::store::ObjectBody, Error> {
         self.storage
             .read(object, start, count)
             .await

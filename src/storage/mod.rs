@@ -140,7 +140,7 @@ impl Storage {
         object: &s3::store::Object,
         start: u64,
         count: u64,
-    ) -> Result<hyper::body::Incoming, StoreError> {
+    ) -> Result<s3::store::ObjectBody, StoreError> {
         match self {
             Storage::S3(store) => store.read(object, start, count).await,
             Storage::Fs(_) => Err(StoreError::NotFound),

@@ -100,6 +100,19 @@ pub fn s3_target() -> Option<S3Target> {
     })
 }
 
+/// curl, signing for `target` with its own SigV4 (a client independent of
+/// backupd's).
+pub fn s3_curl(target: &S3Target) -> Command {
+    let mut curl = Command::new("curl");
+    curl.args(["-sS", "--fail", "--user"])
+        .arg(format!("{}:{}", target.access_key, target.secret_key))
+        .arg("--aws-sigv4")
+        .arg(format!("aws:amz:{}:s3", target.region))
+        // Garage (like AWS) wants it; curl 7.88 does not send it.
+        .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]);
+    curl
+}
+
 /// True (and says so) when the suite runs against an object store and
 /// the test checks something only the filesystem store has (files,
 /// symlinks, permissions, mounts): the test then returns early.
@@ -268,16 +281,7 @@ impl Server {
                         .replace('=', "%3D"),
                 );
             }
-            let out = Command::new("curl")
-                .args(["-sS", "--fail", "--user"])
-                .arg(format!("{}:{}", target.access_key, target.secret_key))
-                .arg("--aws-sigv4")
-                .arg(format!("aws:amz:{}:s3", target.region))
-                // Garage (like AWS) wants it; curl 7.88 does not send it.
-                .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
-                .arg(&url)
-                .output()
-                .expect("curl");
+            let out = s3_curl(target).arg(&url).output().expect("curl");
             assert!(
                 out.status.success(),
                 "LIST {url}: {}",
@@ -333,6 +337,31 @@ impl Server {
                 .collect(),
             Some((target, prefix)) => self.s3_keys(target, prefix, ".uploads/"),
         }
+    }
+
+    /// Multipart uploads the store holds in progress under the server's
+    /// prefix (ListMultipartUploads, by curl); none on the filesystem.
+    pub fn multipart_uploads(&self) -> Vec<String> {
+        let Some((target, prefix)) = &self.s3 else {
+            return Vec::new();
+        };
+        let url = format!(
+            "{}/{}?prefix={prefix}%2F&uploads=",
+            target.endpoint, target.bucket
+        );
+        let out = s3_curl(target).arg(&url).output().expect("curl");
+        assert!(
+            out.status.success(),
+            "ListMultipartUploads {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("ListMultipartUploadsResult"), "{text}");
+        text.split("<Upload>")
+            .skip(1)
+            .filter_map(|u| u.split("<Key>").nth(1)?.split("</Key>").next())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Everything stored for `system` (backups, upload records, uploads in
@@ -393,12 +422,7 @@ impl Server {
             })
             .collect();
         let url = format!("{}/{}/{prefix}/{encoded}", target.endpoint, target.bucket);
-        let out = Command::new("curl")
-            .args(["-sS", "--fail", "--user"])
-            .arg(format!("{}:{}", target.access_key, target.secret_key))
-            .arg("--aws-sigv4")
-            .arg(format!("aws:amz:{}:s3", target.region))
-            .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+        let out = s3_curl(target)
             .arg("-T")
             .arg(&file)
             .arg(&url)
@@ -425,13 +449,7 @@ impl Server {
                     "{}/{}/{prefix}/{system}/{id}",
                     target.endpoint, target.bucket
                 );
-                let out = Command::new("curl")
-                    .args(["-sS", "--fail", "--user"])
-                    .arg(format!("{}:{}", target.access_key, target.secret_key))
-                    .arg("--aws-sigv4")
-                    .arg(format!("aws:amz:{}:s3", target.region))
-                    // Garage (like AWS) wants it; curl 7.88 does not send it.
-                    .args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"])
+                let out = s3_curl(target)
                     .arg("-T")
                     .arg(&file)
                     .arg(&url)

@@ -25,9 +25,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use super::sigv4::{self, Credentials, Payload};
 use super::xml::{self, ListPage};
 
-/// Longest wait for a store's answer to begin (headers), and for a whole
-/// small answer (an error document, a listing page): past it, the store
-/// counts as unavailable, never as hanging a request.
+/// Default longest wait (`--s3-timeout`) for a store's answer to begin
+/// (headers), for a whole small answer (an error document, a listing
+/// page), and between two pieces of a backup being read: past it, the
+/// store counts as unavailable, never as hanging a request.
 pub const S3_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Most bytes of a small answer read (a listing page of 1,000 keys is
@@ -176,6 +177,8 @@ pub struct Client {
     region: String,
     credentials: Credentials,
     http: HyperClient<Connector, RequestBody>,
+    /// Longest wait for an answer (see [`S3_ANSWER_TIMEOUT`]).
+    timeout: Duration,
 }
 
 /// A body that is all in memory.
@@ -231,7 +234,20 @@ impl Client {
             credentials,
             http: HyperClient::builder(TokioExecutor::new()).build(Connector { tcp, tls }),
             endpoint,
+            timeout: S3_ANSWER_TIMEOUT,
         })
+    }
+
+    /// The same client, waiting at most `timeout` for an answer (and for
+    /// connecting, up to [`S3_ANSWER_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Longest wait for an answer, or for the next piece of one.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Sends one signed request for `key` (or the bucket itself) and gives
@@ -283,14 +299,14 @@ impl Client {
         let request = request
             .body(body)
             .map_err(|e| S3Error::Unavailable(format!("request: {e}")))?;
-        let response = tokio::time::timeout(S3_ANSWER_TIMEOUT, self.http.request(request))
+        let response = tokio::time::timeout(self.timeout, self.http.request(request))
             .await
             .map_err(|_| S3Error::Unavailable("no answer in time".into()))?
             .map_err(|e| S3Error::Unavailable(format!("{e:?}")))?;
         if response.status().is_success() {
             return Ok(response);
         }
-        Err(classify(response).await)
+        Err(classify(response, self.timeout).await)
     }
 
     /// Stores `body` (`len` bytes) at `key` in one PUT, streamed, with the
@@ -385,7 +401,7 @@ impl Client {
             .await?;
         // A copy can fail after its 200 has been sent: the body is then an
         // error document.
-        let body = read_small(response.into_body()).await?;
+        let body = read_small(response.into_body(), self.timeout).await?;
         match xml::parse_error(&body) {
             Some(e) => Err(S3Error::Unavailable(format!(
                 "copy failed: {} {}",
@@ -393,6 +409,167 @@ impl Client {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// Starts a multipart upload to `key` with the extra `headers`
+    /// (metadata); its upload id.
+    pub async fn create_multipart(
+        &self,
+        key: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<String, S3Error> {
+        let response = self
+            .send(
+                Method::POST,
+                Some(key),
+                &[("uploads", "")],
+                headers,
+                empty(),
+                Payload::Sha256Hex(sigv4::EMPTY_SHA256),
+            )
+            .await?;
+        let body = read_small(response.into_body(), self.timeout).await?;
+        xml::parse_initiate_multipart(&body)
+            .map_err(|e| S3Error::Unavailable(format!("multipart upload not started: {e}")))
+    }
+
+    /// Sends part `number` of multipart upload `upload_id` (`len` bytes
+    /// whose SHA-256 is `sha256_hex`: the signature covers the payload, so
+    /// the store checks every part); its `ETag`.
+    pub async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        (len, sha256_hex): (u64, &str),
+        body: RequestBody,
+    ) -> Result<String, S3Error> {
+        let (number, len) = (number.to_string(), len.to_string());
+        let response = self
+            .send(
+                Method::PUT,
+                Some(key),
+                &[("partNumber", &number), ("uploadId", upload_id)],
+                &[("content-length", &len)],
+                body,
+                Payload::Sha256Hex(sha256_hex),
+            )
+            .await?;
+        response
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or_else(|| S3Error::Unavailable(format!("part {number} stored without an ETag")))
+    }
+
+    /// Makes bytes `first..=last` of the object at `from` part `number` of
+    /// multipart upload `upload_id` (a copy inside the store); its `ETag`.
+    pub async fn upload_part_copy(
+        &self,
+        (key, upload_id, number): (&str, &str, u32),
+        from: &str,
+        (first, last): (u64, u64),
+    ) -> Result<String, S3Error> {
+        let source = sigv4::uri_encode(&format!("/{}/{from}", self.bucket), true);
+        let range = format!("bytes={first}-{last}");
+        let number = number.to_string();
+        let response = self
+            .send(
+                Method::PUT,
+                Some(key),
+                &[("partNumber", &number), ("uploadId", upload_id)],
+                &[
+                    ("x-amz-copy-source", &source),
+                    ("x-amz-copy-source-range", &range),
+                ],
+                empty(),
+                Payload::Sha256Hex(sigv4::EMPTY_SHA256),
+            )
+            .await?;
+        let body = read_small(response.into_body(), self.timeout).await?;
+        xml::parse_copy_part(&body).map_err(|e| match xml::parse_error(&body) {
+            Some(err) => {
+                S3Error::Unavailable(format!("part copy failed: {} {}", err.code, err.message))
+            }
+            None => S3Error::Unavailable(format!("part copy answer: {e}")),
+        })
+    }
+
+    /// Completes multipart upload `upload_id` from `parts` (number, `ETag`,
+    /// in order): the object appears whole, at once.
+    pub async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, &str)],
+    ) -> Result<(), S3Error> {
+        let document = xml::complete_multipart_body(parts);
+        let sha = sigv4::sha256_hex(document.as_bytes());
+        let len = document.len().to_string();
+        let response = self
+            .send(
+                Method::POST,
+                Some(key),
+                &[("uploadId", upload_id)],
+                &[
+                    ("content-length", &len),
+                    ("content-type", "application/xml"),
+                ],
+                full(document),
+                Payload::Sha256Hex(&sha),
+            )
+            .await?;
+        // Like a copy, completion can fail after its 200.
+        let body = read_small(response.into_body(), self.timeout).await?;
+        match xml::parse_error(&body) {
+            Some(e) => Err(S3Error::Unavailable(format!(
+                "multipart completion failed: {} {}",
+                e.code, e.message
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Abandons multipart upload `upload_id`: the store drops its parts.
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
+        self.send(
+            Method::DELETE,
+            Some(key),
+            &[("uploadId", upload_id)],
+            &[],
+            empty(),
+            Payload::Sha256Hex(sigv4::EMPTY_SHA256),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// One page of the multipart uploads in progress under `prefix`,
+    /// after `markers` (from the previous page).
+    pub async fn list_multipart(
+        &self,
+        prefix: &str,
+        markers: Option<&xml::NextMarkers>,
+    ) -> Result<xml::MultipartPage, S3Error> {
+        let mut query = vec![("uploads", ""), ("prefix", prefix)];
+        if let Some(m) = markers {
+            query.push(("key-marker", &m.key_marker));
+            query.push(("upload-id-marker", &m.upload_id_marker));
+        }
+        let response = self
+            .send(
+                Method::GET,
+                None,
+                &query,
+                &[],
+                empty(),
+                Payload::Sha256Hex(sigv4::EMPTY_SHA256),
+            )
+            .await?;
+        let body = read_small(response.into_body(), self.timeout).await?;
+        xml::parse_list_multipart_uploads(&body)
+            .map_err(|e| S3Error::Unavailable(format!("multipart listing does not parse: {e}")))
     }
 
     /// One page (at most 1,000 keys) of the keys under `prefix`, after
@@ -412,28 +589,27 @@ impl Client {
                 Payload::Sha256Hex(sigv4::EMPTY_SHA256),
             )
             .await?;
-        let body = read_small(response.into_body()).await?;
+        let body = read_small(response.into_body(), self.timeout).await?;
         xml::parse_list_objects_v2(&body)
             .map_err(|e| S3Error::Unavailable(format!("listing does not parse: {e}")))
     }
 }
 
 /// Reads a small answer whole, bounded in size and time.
-async fn read_small(body: Incoming) -> Result<Bytes, S3Error> {
-    tokio::time::timeout(
-        S3_ANSWER_TIMEOUT,
-        Limited::new(body, MAX_ANSWER_BYTES).collect(),
-    )
-    .await
-    .map_err(|_| S3Error::Unavailable("answer not read in time".into()))?
-    .map(|collected| collected.to_bytes())
-    .map_err(|e| S3Error::Unavailable(format!("answer: {e}")))
+async fn read_small(body: Incoming, timeout: Duration) -> Result<Bytes, S3Error> {
+    tokio::time::timeout(timeout, Limited::new(body, MAX_ANSWER_BYTES).collect())
+        .await
+        .map_err(|_| S3Error::Unavailable("answer not read in time".into()))?
+        .map(|collected| collected.to_bytes())
+        .map_err(|e| S3Error::Unavailable(format!("answer: {e}")))
 }
 
 /// What an unsuccessful answer means for backupd.
-async fn classify(response: Response<Incoming>) -> S3Error {
+async fn classify(response: Response<Incoming>, timeout: Duration) -> S3Error {
     let status = response.status();
-    let body = read_small(response.into_body()).await.unwrap_or_default();
+    let body = read_small(response.into_body(), timeout)
+        .await
+        .unwrap_or_default();
     let detail = xml::parse_error(&body);
     let code = detail.as_ref().map_or("", |e| e.code.as_str());
     let why = match &detail {

@@ -3,6 +3,7 @@
 //! every mistake refused at start-up in a sentence.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::client::{Client, Endpoint, Trust};
 use super::sigv4::Credentials;
@@ -70,6 +71,12 @@ pub struct Settings {
     pub credentials: Option<PathBuf>,
     /// `--s3-ca FILE`: the CA that signed an HTTPS endpoint's certificate.
     pub ca: Option<PathBuf>,
+    /// `--s3-single-put-max`: above it, uploads go as multipart uploads
+    /// (0 in a `Default` value means [`super::store::S3_SINGLE_PUT_MAX`]).
+    pub single_put_max: u64,
+    /// `--s3-timeout`: the longest wait for an answer (zero in a `Default`
+    /// value means [`super::client::S3_ANSWER_TIMEOUT`]).
+    pub timeout: Duration,
 }
 
 /// The client `settings` describe for `location`'s bucket. Reads the
@@ -90,7 +97,11 @@ pub fn client(location: &Location, settings: &Settings) -> Result<Client, String
         Some(path) => Trust::Ca(read(path)?),
         None => Trust::System(read(Path::new(SYSTEM_CA_BUNDLE)).unwrap_or_default()),
     };
-    Client::new(endpoint, &location.bucket, region, credentials, &trust)
+    let timeout = match settings.timeout {
+        Duration::ZERO => super::client::S3_ANSWER_TIMEOUT,
+        t => t,
+    };
+    Ok(Client::new(endpoint, &location.bucket, region, credentials, &trust)?.with_timeout(timeout))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {

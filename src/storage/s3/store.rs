@@ -3,13 +3,16 @@
 //! object's metadata (`x-amz-meta-*`) and remembered per replica, so a list
 //! costs one request per 1,000 backups once the records are known.
 //!
-//! An upload streams (one PUT with its `Content-Length`) to a key of its
-//! own under `PREFIX/.uploads/`, apart from every system; it becomes the
-//! backup only at commit, when it is copied to `PREFIX/SYSTEM/ID` with its
-//! record (the id is taken then, as on the filesystem) and the upload's key
-//! is deleted. A short, stalled, cancelled or mismatched upload leaves
-//! nothing: its PUT is aborted before the store has the whole body, or the
-//! object it made is deleted. Conditional writes are never relied on.
+//! An upload streams to a key of its own under `PREFIX/.uploads/`, apart
+//! from every system: one PUT with its `Content-Length` up to
+//! [`S3_SINGLE_PUT_MAX`] (`--s3-single-put-max`), a multipart upload of
+//! signed parts above it. It becomes the backup only at commit, when it is
+//! copied to `PREFIX/SYSTEM/ID` with its record (the id is taken then, as
+//! on the filesystem; one CopyObject, or part copies above the same
+//! limit) and the upload's key is deleted. A short, stalled, cancelled or
+//! mismatched upload leaves nothing: its PUT is aborted before the store
+//! has the whole body, its multipart upload is aborted, or the object it
+//! made is deleted. Conditional writes are never relied on.
 
 use std::collections::HashMap;
 use std::io;
@@ -21,6 +24,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::header::HeaderMap;
+use sha2::Digest;
 
 use super::client::{Client, RequestBody, S3Error};
 use crate::backup_id::BackupId;
@@ -40,6 +44,23 @@ pub const RECORD_FETCHES_IN_FLIGHT: usize = 32;
 /// Chunks of an upload queued for its PUT: with 1 MiB chunks, at most this
 /// many MiB of one upload wait in memory.
 const UPLOAD_QUEUE_CHUNKS: usize = 2;
+
+/// Default largest upload sent in one PUT and copied in one CopyObject:
+/// AWS S3's limit for both.
+pub const S3_SINGLE_PUT_MAX: u64 = 5 << 30;
+
+/// Smallest part S3 takes (every part but the last), and so the smallest
+/// `--s3-single-put-max`.
+pub const S3_MIN_PART_BYTES: u64 = 5 << 20;
+
+/// Bytes per part of a multipart upload (more for an upload so large that
+/// [`S3_MAX_PARTS`] of these would not hold it). A part is gathered in
+/// memory to sign its SHA-256, while the previous one is sent: at most
+/// twice this per multipart upload.
+pub const S3_PART_BYTES: u64 = 8 << 20;
+
+/// Most parts of one multipart upload (S3's limit).
+pub const S3_MAX_PARTS: u64 = 10_000;
 
 /// A backup object, its record read from its metadata.
 #[derive(Debug)]
@@ -64,6 +85,8 @@ pub struct S3Store {
     /// key, so a record once read stays true until the object is deleted.
     records: Mutex<HashMap<(SystemName, BackupId), BackupInfo>>,
     locks: Mutex<HashMap<SystemName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Largest upload sent in one PUT and copied in one CopyObject.
+    single_put_max: u64,
 }
 
 fn store_error(e: S3Error) -> StoreError {
@@ -74,15 +97,27 @@ fn store_error(e: S3Error) -> StoreError {
 }
 
 impl S3Store {
-    /// A store over `client`'s bucket, under `prefix`.
-    pub fn new(client: Client, prefix: KeyPrefix) -> Self {
-        S3Store {
+    /// A store over `client`'s bucket, under `prefix`, sending uploads
+    /// above `single_put_max` bytes (0: [`S3_SINGLE_PUT_MAX`]) as multipart
+    /// uploads.
+    pub fn new(client: Client, prefix: KeyPrefix, single_put_max: u64) -> Result<Self, String> {
+        let single_put_max = match single_put_max {
+            0 => S3_SINGLE_PUT_MAX,
+            n if n < S3_MIN_PART_BYTES => {
+                return Err(format!(
+                    "--s3-single-put-max {n}: at least {S3_MIN_PART_BYTES} (5 MiB, S3's smallest part)"
+                ));
+            }
+            n => n,
+        };
+        Ok(S3Store {
             client: Arc::new(client),
             prefix,
             healthy: AtomicBool::new(true),
             records: Mutex::default(),
             locks: Mutex::default(),
-        }
+            single_put_max,
+        })
     }
 
     /// The TCP ports this store connects to: its endpoint's, and DNS's
@@ -156,16 +191,17 @@ impl S3Store {
         })
     }
 
-    /// Bytes `start..start+count` of `object`, streamed.
+    /// Bytes `start..start+count` of `object`, streamed; a store that
+    /// sends nothing for the client's timeout fails the body.
     pub async fn read(
         &self,
         object: &Object,
         start: u64,
         count: u64,
-    ) -> Result<Incoming, StoreError> {
+    ) -> Result<ObjectBody, StoreError> {
         let range = (count > 0).then(|| (start, start + count - 1));
         let response = self.note(self.client.get(&object.key, range).await)?;
-        Ok(response.into_body())
+        Ok(ObjectBody::new(response.into_body(), self.client.timeout()))
     }
 
     /// `system`'s backups as (id, size), oldest first: one request per
@@ -300,36 +336,48 @@ impl S3Store {
         Ok(removed)
     }
 
-    /// Starts an upload of `declared` bytes: its PUT runs while the body
-    /// is received. `checksum` (the `Content-Digest` the client sent) makes
-    /// the store check the bytes too.
+    /// Starts an upload of `declared` bytes: its PUT (or multipart upload)
+    /// runs while the body is received. `checksum` (the `Content-Digest`
+    /// the client sent) makes the store check a single PUT's bytes too;
+    /// every part of a multipart upload is checked through its signed
+    /// SHA-256.
     pub fn begin_upload(&self, declared: u64, checksum: Option<[u8; 32]>) -> Upload {
         let key = key::upload_key(&self.prefix, uuid::Uuid::now_v7());
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(UPLOAD_QUEUE_CHUNKS);
-        let body: RequestBody = ChannelBody { rx }.boxed_unsync();
         let client = self.client.clone();
-        let put_key = key.clone();
-        let put = tokio::spawn(async move {
-            use base64::Engine;
-            let checksum = checksum.map(|d| base64::engine::general_purpose::STANDARD.encode(d));
-            let headers: Vec<(&str, &str)> = checksum
-                .iter()
-                .map(|c| ("x-amz-checksum-sha256", c.as_str()))
-                .collect();
-            client.put(&put_key, declared, &headers, body).await
-        });
+        let multipart = Arc::new(Mutex::new(None));
+        let (task_key, started) = (key.clone(), multipart.clone());
+        let task = if declared > self.single_put_max {
+            tokio::spawn(
+                async move { send_parts(&client, &task_key, declared, rx, &started).await },
+            )
+        } else {
+            let body: RequestBody = ChannelBody { rx }.boxed_unsync();
+            tokio::spawn(async move {
+                use base64::Engine;
+                let checksum =
+                    checksum.map(|d| base64::engine::general_purpose::STANDARD.encode(d));
+                let headers: Vec<(&str, &str)> = checksum
+                    .iter()
+                    .map(|c| ("x-amz-checksum-sha256", c.as_str()))
+                    .collect();
+                client.put(&task_key, declared, &headers, body).await
+            })
+        };
         Upload {
             client: self.client.clone(),
             key,
+            size: declared,
             tx: Some(tx),
-            put: Some(put),
+            task: Some(task),
+            multipart,
             done: false,
         }
     }
 
-    /// Makes `upload` the backup `info.id` of `system`: the PUT completes,
-    /// the object is copied to its key with its record, the upload's key
-    /// is deleted.
+    /// Makes `upload` the backup `info.id` of `system`: the upload
+    /// completes, the object is copied to its key with its record, the
+    /// upload's key is deleted.
     pub async fn commit(
         &self,
         system: &SystemName,
@@ -337,8 +385,8 @@ impl S3Store {
         info: &BackupInfo,
     ) -> Result<(), StoreError> {
         drop(upload.tx.take());
-        let put = upload.put.take().expect("an upload is committed once");
-        let stored = put
+        let task = upload.task.take().expect("an upload is committed once");
+        let stored = task
             .await
             .unwrap_or_else(|e| Err(S3Error::Unavailable(format!("upload task: {e}"))));
         self.note(stored)?;
@@ -356,11 +404,54 @@ impl S3Store {
             ("x-amz-meta-uploaded-at-ms", uploaded.as_str()),
         ];
         let target = key::backup_key(&self.prefix, system, &info.id);
-        self.note(self.client.copy(&upload.key, &target, &metadata).await)?;
+        let copied = if upload.size > self.single_put_max {
+            self.copy_in_parts(&upload.key, upload.size, &target, &metadata)
+                .await
+        } else {
+            self.client.copy(&upload.key, &target, &metadata).await
+        };
+        self.note(copied)?;
         upload.done = true;
         let _ = self.client.delete(&upload.key).await;
         self.remember(system, info);
         Ok(())
+    }
+
+    /// Copies the `size` bytes at `from` to `to` with `metadata`, as a
+    /// multipart upload of part copies of at most `single_put_max` bytes
+    /// (CopyObject's limit is the single PUT's); aborted on any failure.
+    async fn copy_in_parts(
+        &self,
+        from: &str,
+        size: u64,
+        to: &str,
+        metadata: &[(&str, &str)],
+    ) -> Result<(), S3Error> {
+        let upload_id = self.client.create_multipart(to, metadata).await?;
+        let part = self.single_put_max.max(size.div_ceil(S3_MAX_PARTS));
+        let mut etags = Vec::new();
+        let copied = async {
+            let mut first = 0;
+            while first < size {
+                let last = (first + part).min(size) - 1;
+                let number = etags.len() as u32 + 1;
+                let etag = self
+                    .client
+                    .upload_part_copy((to, &upload_id, number), from, (first, last))
+                    .await?;
+                etags.push((number, etag));
+                first = last + 1;
+            }
+            let parts: Vec<(u32, &str)> = etags.iter().map(|(n, e)| (*n, e.as_str())).collect();
+            self.client.complete_multipart(to, &upload_id, &parts).await
+        }
+        .await;
+        if copied.is_err()
+            && let Err(e) = self.client.abort_multipart(to, &upload_id).await
+        {
+            tracing::warn!(error = %e, "a failed copy's multipart upload was not aborted; the bucket's lifecycle rule will remove it");
+        }
+        copied
     }
 }
 
@@ -401,19 +492,24 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// An upload on its way to the store: a PUT fed chunk by chunk. Dropped
-/// without a commit, it aborts the PUT (the store never has the whole
-/// body) and deletes whatever object it may have made.
+/// An upload on its way to the store: a PUT, or a multipart upload, fed
+/// chunk by chunk. Dropped without a commit, it aborts the PUT (the store
+/// never has the whole body) or the multipart upload, and deletes whatever
+/// object it may have made.
 pub struct Upload {
     client: Arc<Client>,
     key: String,
+    /// Bytes declared.
+    size: u64,
     tx: Option<tokio::sync::mpsc::Sender<io::Result<Bytes>>>,
-    put: Option<tokio::task::JoinHandle<Result<(), S3Error>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), S3Error>>>,
+    /// The multipart upload's id, once the store has given one.
+    multipart: Arc<Mutex<Option<String>>>,
     done: bool,
 }
 
 impl Upload {
-    /// Queues `data` for the PUT; blocking (call from the blocking pool).
+    /// Queues `data` for the store; blocking (call from the blocking pool).
     pub fn write_blocking(&mut self, data: Bytes) -> Result<(), StoreError> {
         if data.is_empty() {
             // Nothing to send (an empty backup's PUT may be done already).
@@ -437,15 +533,230 @@ impl Drop for Upload {
             // An error frame makes the client abort the request mid-body.
             let _ = tx.try_send(Err(io::Error::other("upload abandoned")));
         }
-        if let Some(put) = self.put.take() {
-            put.abort();
+        if let Some(task) = self.task.take() {
+            // Parts in flight go with it (they belong to its JoinSet).
+            task.abort();
         }
         let (client, key) = (self.client.clone(), std::mem::take(&mut self.key));
+        let multipart = self
+            .multipart
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
+                if let Some(upload_id) = multipart
+                    && let Err(e) = client.abort_multipart(&key, &upload_id).await
+                {
+                    tracing::warn!(error = %e, "an abandoned multipart upload was not aborted; the bucket's lifecycle rule will remove it");
+                }
                 let _ = client.delete(&key).await;
             });
         }
+    }
+}
+
+/// Sends the `declared` bytes arriving on `rx` to `key` as a multipart
+/// upload: parts of [`S3_PART_BYTES`] (or more, to stay within
+/// [`S3_MAX_PARTS`]), each signed with its SHA-256 so the store checks it,
+/// one sent while the next is gathered. Completes only once exactly
+/// `declared` bytes arrived and the sender is done; the upload id is put
+/// in `started` so that a dropped [`Upload`] can abort it.
+async fn send_parts(
+    client: &Arc<Client>,
+    key: &str,
+    declared: u64,
+    mut rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+    started: &Mutex<Option<String>>,
+) -> Result<(), S3Error> {
+    let upload_id = client.create_multipart(key, &[]).await?;
+    *started.lock().unwrap_or_else(|e| e.into_inner()) = Some(upload_id.clone());
+    let part_bytes = S3_PART_BYTES.max(declared.div_ceil(S3_MAX_PARTS));
+    let mut parts = Parts {
+        client: client.clone(),
+        key: key.to_owned(),
+        upload_id,
+        sending: tokio::task::JoinSet::new(),
+        etags: Vec::new(),
+    };
+    let mut part = Part::default();
+    let mut received: u64 = 0;
+    while let Some(chunk) = rx.recv().await {
+        let mut chunk = chunk.map_err(|e| S3Error::Unavailable(format!("upload: {e}")))?;
+        received += chunk.len() as u64;
+        if received > declared {
+            return Err(S3Error::Unavailable("more bytes than declared".into()));
+        }
+        while !chunk.is_empty() {
+            let take = ((part_bytes - part.len) as usize).min(chunk.len());
+            part.push(chunk.split_to(take));
+            if part.len == part_bytes {
+                parts.send(std::mem::take(&mut part)).await?;
+            }
+        }
+    }
+    if received != declared {
+        return Err(S3Error::Unavailable(format!(
+            "{received} of {declared} bytes arrived"
+        )));
+    }
+    if part.len > 0 {
+        parts.send(part).await?;
+    }
+    parts.complete().await
+}
+
+/// The parts of one multipart upload: those sent, and the one in flight.
+struct Parts {
+    client: Arc<Client>,
+    key: String,
+    upload_id: String,
+    sending: tokio::task::JoinSet<Result<(u32, String), S3Error>>,
+    /// (number, `ETag`) of each part stored.
+    etags: Vec<(u32, String)>,
+}
+
+impl Parts {
+    /// Starts sending `part` as the next part, once the previous one is
+    /// stored (so at most one part waits in memory besides the one being
+    /// gathered).
+    async fn send(&mut self, part: Part) -> Result<(), S3Error> {
+        self.wait().await?;
+        let number = self.etags.len() as u32 + 1;
+        let sha256 = hex(part.hasher.finalize().into());
+        let (client, key, upload_id) = (
+            self.client.clone(),
+            self.key.clone(),
+            self.upload_id.clone(),
+        );
+        self.sending.spawn(async move {
+            let body = Chunks {
+                chunks: part.chunks,
+            }
+            .boxed_unsync();
+            let etag = client
+                .upload_part(&key, &upload_id, number, (part.len, &sha256), body)
+                .await?;
+            Ok((number, etag))
+        });
+        Ok(())
+    }
+
+    /// Waits for the part in flight, if any.
+    async fn wait(&mut self) -> Result<(), S3Error> {
+        if let Some(sent) = self.sending.join_next().await {
+            let stored =
+                sent.unwrap_or_else(|e| Err(S3Error::Unavailable(format!("part upload: {e}"))))?;
+            self.etags.push(stored);
+        }
+        Ok(())
+    }
+
+    /// Completes the upload once the last part is stored.
+    async fn complete(mut self) -> Result<(), S3Error> {
+        self.wait().await?;
+        let parts: Vec<(u32, &str)> = self.etags.iter().map(|(n, e)| (*n, e.as_str())).collect();
+        self.client
+            .complete_multipart(&self.key, &self.upload_id, &parts)
+            .await
+    }
+}
+
+/// A part being gathered: its chunks (not copied), length and SHA-256.
+#[derive(Default)]
+struct Part {
+    chunks: std::collections::VecDeque<Bytes>,
+    len: u64,
+    hasher: sha2::Sha256,
+}
+
+impl Part {
+    fn push(&mut self, chunk: Bytes) {
+        self.hasher.update(&chunk);
+        self.len += chunk.len() as u64;
+        self.chunks.push_back(chunk);
+    }
+}
+
+/// A gathered part, as a request body.
+struct Chunks {
+    chunks: std::collections::VecDeque<Bytes>,
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<io::Result<Frame<Bytes>>>> {
+        std::task::Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(c))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
+/// An object's bytes as the store sends them, failing (an error frame,
+/// so the transfer is aborted) when the store sends nothing for `stall`:
+/// a stalled store never holds a download open.
+pub struct ObjectBody {
+    inner: Incoming,
+    stall: Duration,
+    /// When a piece last arrived.
+    last: tokio::time::Instant,
+    /// Wakes the body to check `last` (re-armed only when it fires, not
+    /// on every piece).
+    check: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl ObjectBody {
+    fn new(inner: Incoming, stall: Duration) -> Self {
+        let last = tokio::time::Instant::now();
+        ObjectBody {
+            inner,
+            stall,
+            last,
+            check: Box::pin(tokio::time::sleep_until(last + stall)),
+        }
+    }
+}
+
+impl http_body::Body for ObjectBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<io::Result<Frame<Bytes>>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            this.last = tokio::time::Instant::now();
+            return Poll::Ready(frame.map(|f| f.map_err(io::Error::other)));
+        }
+        while this.check.as_mut().poll(cx).is_ready() {
+            let due = this.last + this.stall;
+            if tokio::time::Instant::now() >= due {
+                return Poll::Ready(Some(Err(io::Error::other(format!(
+                    "the object store sent nothing for {} s",
+                    this.stall.as_secs_f32()
+                )))));
+            }
+            this.check.as_mut().reset(due);
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -431,6 +431,25 @@ pub fn parse_initiate_multipart(bytes: &[u8]) -> Result<String, XmlError> {
         .ok_or(XmlError::MissingField("UploadId"))
 }
 
+/// Parses an UploadPartCopy response (`<CopyPartResult>`) and returns the
+/// part's `ETag`, as CompleteMultipartUpload wants it.
+pub fn parse_copy_part(bytes: &[u8]) -> Result<String, XmlError> {
+    let mut etag = None;
+    walk(
+        bytes,
+        &["CopyPartResult"],
+        |path| matches!(path, [_, "ETag"]).then_some(MAX_FIELD_LEN),
+        |path, text| {
+            if let [_, "ETag"] = path {
+                etag = Some(field(text, "ETag", MAX_FIELD_LEN)?);
+            }
+            Ok(())
+        },
+    )?;
+    etag.filter(|e| !e.is_empty())
+        .ok_or(XmlError::MissingField("ETag"))
+}
+
 /// Parses a ListMultipartUploads response (`<ListMultipartUploadsResult>`).
 ///
 /// `IsTruncated` is required; a truncated page without a `NextKeyMarker` is an error.
@@ -1038,6 +1057,24 @@ mod tests {
             parse_initiate_multipart(b"<InitiateMultipartUploadResult><UploadId>x"),
             Err(XmlError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn copy_part_result() {
+        let xml = br#"<?xml version="1.0" encoding="UTF-8"?>
+<CopyPartResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <LastModified>2011-04-11T20:34:56.000Z</LastModified>
+  <ETag>"9b2cf535f27731c974343645a3985328"</ETag>
+</CopyPartResult>"#;
+        assert_eq!(
+            parse_copy_part(xml).unwrap(),
+            "\"9b2cf535f27731c974343645a3985328\""
+        );
+        assert_eq!(
+            parse_copy_part(b"<CopyPartResult><LastModified>x</LastModified></CopyPartResult>"),
+            Err(XmlError::MissingField("ETag"))
+        );
+        assert!(parse_copy_part(b"<Error><Code>InternalError</Code></Error>").is_err());
     }
 
     /// Modelled on the ListMultipartUploads sample response in the AWS S3 API reference.
