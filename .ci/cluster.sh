@@ -76,9 +76,12 @@ sign=(--user "$key:$secret" --aws-sigv4 "aws:amz:us-east-1:s3" -H "x-amz-content
 for _ in $(seq 50); do curl -sS --fail "${sign[@]}" -X PUT "$s3url/backups" >/dev/null 2>&1 && break; sleep 0.3; done
 curl -sS --fail "${sign[@]}" "$s3url/backups?list-type=2" >/dev/null
 
-# Two replicas, one credentials file.
-"$bin" systems add fw1 --data-dir "$work/shared" --storage s3://backups/demo >"$work/fw1.secret" 2>/dev/null
-"$bin" systems add fw2 --data-dir "$work/shared" --storage s3://backups/demo >"$work/fw2.secret" 2>/dev/null
+# Two replicas, one credentials file. `systems add` asks the store whether
+# the names' prefixes already hold backups (refused without --adopt).
+for name in fw1 fw2; do
+  AWS_ACCESS_KEY_ID=$key AWS_SECRET_ACCESS_KEY=$secret "$bin" systems add "$name" --data-dir "$work/shared" \
+    --storage s3://backups/demo --s3-endpoint "$s3url" >"$work/$name.secret"
+done
 replica_ports=()
 replica_pids=()
 for n in 1 2; do

@@ -44,7 +44,8 @@ serve() { # serve PORT
   pids+=($!)
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && break; sleep 0.1; done
 }
-pass=$("$bin" systems add fw1 --credentials "$work/credentials" --storage s3://backups/bench 2>/dev/null)
+pass=$(AWS_ACCESS_KEY_ID=$key AWS_SECRET_ACCESS_KEY=$secret "$bin" systems add fw1 --credentials "$work/credentials" \
+  --storage s3://backups/bench --s3-endpoint "http://127.0.0.1:$s3" 2>/dev/null)
 a=$(port); serve "$a"
 echo "uploading $count backups..."
 head -c 1000 /dev/urandom >"$work/one"

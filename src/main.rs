@@ -77,6 +77,22 @@ struct LocationArgs {
     /// root filesystem.
     #[arg(long, global = true, env = "BACKUPD_STORAGE")]
     storage: Option<PathBuf>,
+    /// The S3 endpoint for an s3:// storage: https://HOST[:PORT], or
+    /// http:// to a loopback address [default: AWS's regional endpoint].
+    #[arg(long, global = true, env = "BACKUPD_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// The region requests are signed for [default: us-east-1].
+    #[arg(long, global = true, env = "BACKUPD_S3_REGION")]
+    s3_region: Option<String>,
+    /// A file with aws_access_key_id and aws_secret_access_key (mode 0600)
+    /// [default: the AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+    /// AWS_SESSION_TOKEN variables].
+    #[arg(long, global = true, env = "BACKUPD_S3_CREDENTIALS")]
+    s3_credentials: Option<PathBuf>,
+    /// The CA (PEM) that signed an HTTPS endpoint's certificate [default:
+    /// the system's CA bundle].
+    #[arg(long, global = true, env = "BACKUPD_S3_CA")]
+    s3_ca: Option<PathBuf>,
 }
 
 impl LocationArgs {
@@ -89,6 +105,13 @@ impl LocationArgs {
             storage: self
                 .storage
                 .unwrap_or_else(|| self.data_dir.join(STORAGE_DIR_NAME)),
+            s3: backupd::storage::s3::config::Settings {
+                endpoint: self.s3_endpoint,
+                region: self.s3_region,
+                credentials: self.s3_credentials,
+                ca: self.s3_ca,
+                ..Default::default()
+            },
         }
     }
 }
@@ -151,22 +174,6 @@ struct ServeArgs {
     /// Bytes of backups kept per system after each upload; 0 = no limit.
     #[arg(long, env = "BACKUPD_RETENTION_BYTES", default_value_t = 0)]
     retention_bytes: u64,
-    /// The S3 endpoint for an s3:// storage: https://HOST[:PORT], or
-    /// http:// to a loopback address [default: AWS's regional endpoint].
-    #[arg(long, env = "BACKUPD_S3_ENDPOINT")]
-    s3_endpoint: Option<String>,
-    /// The region requests are signed for [default: us-east-1].
-    #[arg(long, env = "BACKUPD_S3_REGION")]
-    s3_region: Option<String>,
-    /// A file with aws_access_key_id and aws_secret_access_key (mode 0600)
-    /// [default: the AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
-    /// AWS_SESSION_TOKEN variables].
-    #[arg(long, env = "BACKUPD_S3_CREDENTIALS")]
-    s3_credentials: Option<PathBuf>,
-    /// The CA (PEM) that signed an HTTPS endpoint's certificate [default:
-    /// the system's CA bundle].
-    #[arg(long, env = "BACKUPD_S3_CA")]
-    s3_ca: Option<PathBuf>,
     /// Largest upload sent to the store in one PUT (and copied in one
     /// CopyObject); larger ones go as multipart uploads. At least 5 MiB.
     #[arg(long, env = "BACKUPD_S3_SINGLE_PUT_MAX", default_value_t = backupd::storage::s3::store::S3_SINGLE_PUT_MAX)]
@@ -282,12 +289,9 @@ fn main() -> ExitCode {
             credentials: locations.credentials,
             storage: locations.storage,
             s3: backupd::storage::s3::config::Settings {
-                endpoint: args.s3_endpoint,
-                region: args.s3_region,
-                credentials: args.s3_credentials,
-                ca: args.s3_ca,
                 single_put_max: args.s3_single_put_max,
                 timeout: std::time::Duration::from_secs(args.s3_timeout.max(1)),
+                ..locations.s3.clone()
             },
             create_storage: locations.create_storage,
             max_connections: args.max_connections.max(1),

@@ -28,6 +28,8 @@ pub struct Locations {
     /// Whether the storage root may be created: only when it is the default
     /// inside the data dir (an explicit one is a mount that must exist).
     pub create_storage: bool,
+    /// How to reach an object store, when `storage` is `s3://…`.
+    pub s3: crate::storage::s3::config::Settings,
 }
 
 /// Why a `systems` command changed nothing.
@@ -42,6 +44,10 @@ pub enum CommandError {
     /// `add` of a name whose storage directory still holds backups, without
     /// `--adopt`: the new secret would be handed the old system's backups.
     HoldsBackups(SystemName, usize, PathBuf),
+    /// The same in an object store: backups under the name's key prefix.
+    HoldsObjects(SystemName, usize, String),
+    /// The object store could not be asked.
+    Store(String),
     /// `remove` of a name that is not registered.
     Unknown(SystemName),
     /// The credentials file cannot be read or is malformed.
@@ -65,6 +71,11 @@ impl fmt::Display for CommandError {
                 dir.display(),
                 dir.display()
             ),
+            CommandError::HoldsObjects(name, count, prefix) => write!(
+                f,
+                "{prefix} still holds {count} backup(s) of an earlier system named {name}; the new secret would be handed them. To give them to the new system, run again with --adopt; to start afresh, delete the keys under {prefix} first"
+            ),
+            CommandError::Store(why) => write!(f, "object store: {why}"),
             CommandError::Unknown(name) => write!(f, "no system named {name}"),
             CommandError::Credentials(path, e) => write!(f, "credentials file {path}: {e}"),
             CommandError::Io(what, e) => write!(f, "{what}: {e}"),
@@ -125,9 +136,23 @@ pub fn add(loc: &Locations, name: &str, adopt: bool) -> Result<String, CommandEr
     if let Some(existing) = creds.find_ignoring_case(&name) {
         return Err(CommandError::CaseDuplicate(name, existing.clone()));
     }
-    if Location::of(&loc.storage).is_some() {
+    if let Some(location) = Location::of(&loc.storage) {
         // An object store has no directories to make: the key prefix of a
-        // system exists with its first backup.
+        // system exists with its first backup. Backups an earlier system
+        // of this name left there need the operator's word, as on disk.
+        let location = location.map_err(CommandError::Store)?;
+        let held = backups_in_store(loc, &location, &name)?;
+        if held > 0 && !adopt {
+            return Err(CommandError::HoldsObjects(
+                name.clone(),
+                held,
+                format!(
+                    "s3://{}/{}",
+                    location.bucket,
+                    crate::storage::key::system_prefix(&location.prefix, &name)
+                ),
+            ));
+        }
         let secret = creds
             .add(name.clone())
             .map_err(|e| CommandError::Io("random".into(), e))?;
@@ -194,6 +219,31 @@ pub fn add(loc: &Locations, name: &str, adopt: bool) -> Result<String, CommandEr
         ));
     }
     Ok(secret)
+}
+
+/// How many backups the object store holds under `name`'s prefix (one
+/// LIST request per 1,000).
+fn backups_in_store(
+    loc: &Locations,
+    location: &Location,
+    name: &SystemName,
+) -> Result<usize, CommandError> {
+    let client =
+        crate::storage::s3::config::client(location, &loc.s3).map_err(CommandError::Store)?;
+    let store = crate::storage::s3::store::S3Store::new(client, location.prefix.clone(), 0)
+        .map_err(CommandError::Store)?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CommandError::Io("runtime".into(), e))?
+        .block_on(store.sizes(name))
+        .map(|sizes| sizes.len())
+        .map_err(|e| {
+            CommandError::Store(match e {
+                crate::storage::StoreError::Unavailable(e) => e.to_string(),
+                other => format!("{other:?}"),
+            })
+        })
 }
 
 /// Unregisters `name`. Its backups stay where they are.

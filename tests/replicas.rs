@@ -121,3 +121,78 @@ async fn retention_converges_across_replicas() {
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left.contains(&next), "{left:?}");
 }
+
+/// `systems add` of a name whose keys still hold an earlier system's
+/// backups is refused without `--adopt`, as with a directory on disk: the
+/// new secret would otherwise be handed them silently.
+#[tokio::test]
+#[ignore = "needs an S3 server: .ci/s3.sh"]
+async fn re_adding_a_name_whose_objects_remain_needs_adopt() {
+    let server = Server::start();
+    let (target, prefix) = server.s3.clone().expect("run with BACKUPD_TEST_BACKEND=s3");
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let stored = upload(server.addr, Some(&auth), b"old".to_vec(), &[]).await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.text());
+    let (code, _, err) = cli(server.data(), &["systems", "remove", "fw1"]);
+    assert_eq!(code, 0, "{err}");
+    let location = format!("s3://{}/{prefix}", target.bucket);
+    let add = |name: &str, adopt: bool| {
+        let mut command = Command::new(bin());
+        command
+            .args(["systems", "add", name, "--storage", &location])
+            .args([
+                "--s3-endpoint",
+                &target.endpoint,
+                "--s3-region",
+                &target.region,
+            ])
+            .arg("--credentials")
+            .arg(server.data().join("credentials"))
+            .env("AWS_ACCESS_KEY_ID", &target.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &target.secret_key);
+        if adopt {
+            command.arg("--adopt");
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, secret, err) = add("fw1", false);
+    assert_ne!(code, Some(0), "added over an earlier system's backups");
+    assert!(secret.is_empty());
+    assert!(
+        err.contains(&format!(
+            "s3://{}/{prefix}/fw1/ still holds 1 backup(s)",
+            target.bucket
+        )) && err.contains("--adopt"),
+        "{err}"
+    );
+    // A name with nothing stored needs no word.
+    let (code, _, err) = add("fw10", false);
+    assert_eq!(code, Some(0), "{err}");
+    // With --adopt, the new secret is handed the old backup.
+    let (code, secret, err) = add("fw1", true);
+    assert_eq!(code, Some(0), "{err}");
+    let start = std::time::Instant::now();
+    loop {
+        let list = get(
+            server.addr,
+            "/api/systems/backups",
+            Some(&basic("fw1", &secret)),
+        )
+        .await;
+        if list.status == StatusCode::OK {
+            assert_eq!(ids(&list).len(), 1);
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(3),
+            "{}",
+            list.text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
