@@ -68,7 +68,7 @@ filer=$(free_port)
 s3=$(free_port)
 mkdir -p "$work/filer"
 (cd "$work/filer" && exec weed filer -ip=127.0.0.1 -ip.bind=127.0.0.1 -port="$filer" -master="127.0.0.1:$master" \
-  -defaultReplicaPlacement=001 -s3 -s3.port="$s3" -s3.config="$work/s3.json" >"$work/filer.log" 2>&1) &
+  -defaultReplicaPlacement=001 -s3 -s3.port="$s3" -s3.port.iceberg=0 -s3.port.lance=0 -s3.config="$work/s3.json" >"$work/filer.log" 2>&1) &
 pids+=($!)
 wait_port "$s3"
 s3url="http://127.0.0.1:$s3"
