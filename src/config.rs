@@ -159,9 +159,16 @@ pub const DEFAULT_RETENTION_COUNT: u32 = 10;
 /// can still be told (the default one).
 pub const UPLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Bytes of an upload gathered in memory before one write to disk: large
-/// writes keep the blocking-pool hops rare, and bound an upload's memory.
+/// Bytes of an upload gathered (as the frames hyper hands over, not
+/// copied) before they go to the upload's writer as one batch: one
+/// `writev` to disk, or one piece of the PUT to the object store.
 pub const WRITE_CHUNK_BYTES: usize = 1 << 20;
+
+/// Batches queued for an upload's writer while it writes another: the
+/// body is read on while the writer hashes and writes, and one upload
+/// holds at most `(UPLOAD_QUEUE_BATCHES + 2) * WRITE_CHUNK_BYTES` (queued,
+/// being written, being gathered).
+pub const UPLOAD_QUEUE_BATCHES: usize = 1;
 
 /// What the server allows systems to do with their backups.
 #[derive(Debug, Clone, Copy)]

@@ -1,19 +1,24 @@
 //! Receiving an upload: the client's file name made harmless, the backup's
-//! extension, the `Content-Digest` check, and the body streamed to a
-//! temporary file with its SHA-256 computed on the way.
+//! extension, the `Content-Digest` check, and the body streamed into
+//! storage with its SHA-256 computed on the way.
+//!
+//! Two stages run at once: the connection's task reads the body and
+//! gathers its frames into batches (never copying them), and a writer on
+//! the blocking pool, one per upload, hashes each batch and writes it. A
+//! bounded queue between them keeps memory flat.
 
 use std::time::SystemTime;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::Body;
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::backup_id::{BackupId, Extension};
-use crate::config::{UPLOAD_STALL_TIMEOUT, WRITE_CHUNK_BYTES};
+use crate::config::{UPLOAD_QUEUE_BATCHES, UPLOAD_STALL_TIMEOUT, WRITE_CHUNK_BYTES};
 use crate::storage::metadata::BackupInfo;
 use crate::storage::{PartialUpload, StoreError};
 
@@ -117,9 +122,9 @@ pub enum ReceiveError {
 
 /// Streams `body` into `partial`, expecting exactly `declared` bytes, and
 /// returns the partial upload with the content's SHA-256. Memory stays flat:
-/// at most [`WRITE_CHUNK_BYTES`] are gathered before each blocking write.
+/// at most [`UPLOAD_QUEUE_BATCHES`] + 2 batches of [`WRITE_CHUNK_BYTES`].
 pub async fn receive<B>(
-    mut body: B,
+    body: B,
     partial: PartialUpload,
     declared: u64,
     expected: ExpectedDigest,
@@ -128,42 +133,28 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let mut writer = Some((partial, Sha256::new()));
-    let mut pending = BytesMut::with_capacity(WRITE_CHUNK_BYTES);
-    let mut received: u64 = 0;
-    loop {
-        let frame = match tokio::time::timeout(UPLOAD_STALL_TIMEOUT, body.frame()).await {
-            Err(_) => return Err(ReceiveError::LengthMismatch("body stalled".into())),
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                return Err(ReceiveError::LengthMismatch(format!("body failed: {e}")));
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let Ok(mut data) = frame.into_data() else {
-            continue;
-        };
-        received += data.len() as u64;
-        if received > declared {
-            return Err(ReceiveError::LengthMismatch(
-                "more bytes than Content-Length".into(),
-            ));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(UPLOAD_QUEUE_BATCHES);
+    let writer = tokio::task::spawn_blocking(move || write_batches(partial, rx));
+    let read = read_batches(body, declared, tx).await;
+    // The writer ends once the queue is closed (the sender is gone) and
+    // drained, or at its first error; a partial upload it hands back on
+    // a failed read is dropped here, which removes it.
+    let written = writer
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Unavailable(std::io::Error::other(e))));
+    let (partial, digest) = match (read, written) {
+        // A write error first: that is why the queue was closed on us.
+        (Err(ReadError::WriterGone), Err(e)) | (Ok(()), Err(e)) => {
+            return Err(ReceiveError::Store(e));
         }
-        while !data.is_empty() {
-            let take = (WRITE_CHUNK_BYTES - pending.len()).min(data.len());
-            pending.extend_from_slice(&data.split_to(take));
-            if pending.len() == WRITE_CHUNK_BYTES {
-                writer = Some(flush(writer.take(), pending.split().freeze()).await?);
-            }
+        (Err(ReadError::Body(e)), _) => return Err(e),
+        (Err(ReadError::WriterGone), Ok(_)) => {
+            return Err(ReceiveError::Store(StoreError::Unavailable(
+                std::io::Error::other("the upload's writer stopped"),
+            )));
         }
-    }
-    if received != declared {
-        return Err(ReceiveError::LengthMismatch(format!(
-            "{received} of {declared} bytes"
-        )));
-    }
-    let (partial, hasher) = flush(writer.take(), pending.freeze()).await?;
-    let digest: [u8; 32] = hasher.finalize().into();
+        (Ok(()), Ok(done)) => done,
+    };
     match expected {
         ExpectedDigest::Sha256(want) if want != digest => Err(ReceiveError::ChecksumMismatch),
         ExpectedDigest::Malformed => Err(ReceiveError::ChecksumMismatch),
@@ -171,20 +162,73 @@ where
     }
 }
 
-/// Hashes and writes `data` on the blocking pool.
-async fn flush(
-    writer: Option<(PartialUpload, Sha256)>,
-    data: Bytes,
-) -> Result<(PartialUpload, Sha256), ReceiveError> {
-    let (mut partial, mut hasher) = writer.expect("writer is put back after every flush");
-    tokio::task::spawn_blocking(move || {
-        hasher.update(&data);
-        partial.write(data)?;
-        Ok((partial, hasher))
-    })
-    .await
-    .unwrap_or_else(|e| Err(StoreError::Unavailable(std::io::Error::other(e))))
-    .map_err(ReceiveError::Store)
+enum ReadError {
+    /// The body was not what was declared.
+    Body(ReceiveError),
+    /// The writer stopped taking batches (it failed).
+    WriterGone,
+}
+
+/// Reads exactly `declared` bytes of `body` into batches for `tx`.
+async fn read_batches<B>(
+    mut body: B,
+    declared: u64,
+    tx: tokio::sync::mpsc::Sender<Vec<Bytes>>,
+) -> Result<(), ReadError>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mismatch = |why: String| ReadError::Body(ReceiveError::LengthMismatch(why));
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut gathered = 0usize;
+    let mut received: u64 = 0;
+    loop {
+        let frame = match tokio::time::timeout(UPLOAD_STALL_TIMEOUT, body.frame()).await {
+            Err(_) => return Err(mismatch("body stalled".into())),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(mismatch(format!("body failed: {e}"))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len() as u64;
+        if received > declared {
+            return Err(mismatch("more bytes than Content-Length".into()));
+        }
+        gathered += data.len();
+        batch.push(data);
+        if gathered >= WRITE_CHUNK_BYTES {
+            gathered = 0;
+            tx.send(std::mem::take(&mut batch))
+                .await
+                .map_err(|_| ReadError::WriterGone)?;
+        }
+    }
+    if received != declared {
+        return Err(mismatch(format!("{received} of {declared} bytes")));
+    }
+    if !batch.is_empty() {
+        tx.send(batch).await.map_err(|_| ReadError::WriterGone)?;
+    }
+    Ok(())
+}
+
+/// The writer: hashes and writes each batch as it comes, until the queue
+/// is closed and empty. Blocking: runs on the blocking pool.
+fn write_batches(
+    mut partial: PartialUpload,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
+) -> Result<(PartialUpload, [u8; 32]), StoreError> {
+    let mut hasher = Sha256::new();
+    while let Some(batch) = rx.blocking_recv() {
+        for data in &batch {
+            hasher.update(data);
+        }
+        partial.write(batch)?;
+    }
+    Ok((partial, hasher.finalize().into()))
 }
 
 /// The record of a freshly received backup.

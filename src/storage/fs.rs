@@ -326,6 +326,9 @@ impl FsStore {
                 dir,
                 temp,
                 file: Some(file),
+                written: 0,
+                submitted: 0,
+                settled: 0,
             })
         })
         .await
@@ -396,13 +399,71 @@ pub struct PartialUpload {
     dir: Dir,
     temp: String,
     file: Option<std::fs::File>,
+    /// Bytes written so far.
+    written: u64,
+    /// Bytes handed to writeback so far (`sync_file_range`).
+    submitted: u64,
+    /// Bytes known to be written back.
+    settled: u64,
 }
 
+/// An upload's file is handed to the kernel's writeback every this many
+/// bytes as it grows (`sync_file_range`), and the writer waits for the
+/// window before the last one: the disk works while the body arrives, the
+/// dirty pages of one upload stay under about twice this, and the fsync at
+/// commit has little left to do. The fsync still makes it durable.
+pub const WRITEBACK_BYTES: u64 = 8 << 20;
+
 impl PartialUpload {
-    /// Appends `data` (blocking).
-    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+    /// Appends `batch`, in order (blocking).
+    pub fn write(&mut self, batch: &[bytes::Bytes]) -> Result<(), StoreError> {
         let file = self.file.as_mut().ok_or(StoreError::NotFound)?;
-        file.write_all(data).map_err(classify)
+        let mut slices: Vec<io::IoSlice<'_>> = batch.iter().map(|b| io::IoSlice::new(b)).collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match file.write_vectored(rest) {
+                Ok(0) => return Err(classify(io::Error::from(io::ErrorKind::WriteZero))),
+                Ok(n) => {
+                    self.written += n as u64;
+                    io::IoSlice::advance_slices(&mut rest, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        if self.written - self.submitted >= WRITEBACK_BYTES {
+            self.write_back();
+        }
+        Ok(())
+    }
+
+    /// Starts writeback of what was written since the last call, and waits
+    /// for the window before it. Best effort: a filesystem without
+    /// `sync_file_range` simply leaves it all to the fsync at commit.
+    fn write_back(&mut self) {
+        use std::os::fd::AsRawFd;
+        let Some(file) = &self.file else { return };
+        let fd = file.as_raw_fd();
+        let range = |from: u64, to: u64, flags: libc::c_uint| {
+            // SAFETY: `fd` is this upload's file, open for the whole call;
+            // sync_file_range takes numbers only and touches no memory of
+            // ours. Its result is not needed: the fsync at commit reports
+            // any write error.
+            #[allow(unsafe_code)]
+            let _ = unsafe { libc::sync_file_range(fd, from as i64, (to - from) as i64, flags) };
+        };
+        if self.submitted > self.settled {
+            range(
+                self.settled,
+                self.submitted,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            );
+            self.settled = self.submitted;
+        }
+        range(self.submitted, self.written, libc::SYNC_FILE_RANGE_WRITE);
+        self.submitted = self.written;
     }
 
     /// Makes the upload durable as backup `info.id`: fsync the data, write

@@ -63,11 +63,11 @@ pub enum PartialUpload {
 }
 
 impl PartialUpload {
-    /// Appends `data`. Blocking: call from the blocking pool.
-    pub fn write(&mut self, data: bytes::Bytes) -> Result<(), StoreError> {
+    /// Appends `batch`, in order. Blocking: call from the blocking pool.
+    pub fn write(&mut self, batch: Vec<bytes::Bytes>) -> Result<(), StoreError> {
         match self {
-            PartialUpload::File(upload) => upload.write(&data),
-            PartialUpload::Object(upload) => upload.write_blocking(data),
+            PartialUpload::File(upload) => upload.write(&batch),
+            PartialUpload::Object(upload) => upload.write_blocking(batch),
         }
     }
 }

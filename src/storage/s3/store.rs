@@ -41,9 +41,10 @@ pub const MAX_CACHED_RECORDS: usize = 100_000;
 /// seen (another replica's uploads, or after a restart).
 pub const RECORD_FETCHES_IN_FLIGHT: usize = 32;
 
-/// Chunks of an upload queued for its PUT: with 1 MiB chunks, at most this
-/// many MiB of one upload wait in memory.
-const UPLOAD_QUEUE_CHUNKS: usize = 2;
+/// Batches of an upload queued for its PUT: with batches of
+/// [`crate::config::WRITE_CHUNK_BYTES`], at most this many MiB of one
+/// upload wait in memory.
+const UPLOAD_QUEUE_BATCHES: usize = 2;
 
 /// Default largest upload sent in one PUT and copied in one CopyObject:
 /// AWS S3's limit for both.
@@ -343,7 +344,7 @@ impl S3Store {
     /// SHA-256.
     pub fn begin_upload(&self, declared: u64, checksum: Option<[u8; 32]>) -> Upload {
         let key = key::upload_key(&self.prefix, uuid::Uuid::now_v7());
-        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(UPLOAD_QUEUE_CHUNKS);
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Vec<Bytes>>>(UPLOAD_QUEUE_BATCHES);
         let client = self.client.clone();
         let multipart = Arc::new(Mutex::new(None));
         let (task_key, started) = (key.clone(), multipart.clone());
@@ -352,7 +353,11 @@ impl S3Store {
                 async move { send_parts(&client, &task_key, declared, rx, &started).await },
             )
         } else {
-            let body: RequestBody = ChannelBody { rx }.boxed_unsync();
+            let body: RequestBody = ChannelBody {
+                rx,
+                pending: Default::default(),
+            }
+            .boxed_unsync();
             tokio::spawn(async move {
                 use base64::Engine;
                 let checksum =
@@ -501,7 +506,7 @@ pub struct Upload {
     key: String,
     /// Bytes declared.
     size: u64,
-    tx: Option<tokio::sync::mpsc::Sender<io::Result<Bytes>>>,
+    tx: Option<tokio::sync::mpsc::Sender<io::Result<Vec<Bytes>>>>,
     task: Option<tokio::task::JoinHandle<Result<(), S3Error>>>,
     /// The multipart upload's id, once the store has given one.
     multipart: Arc<Mutex<Option<String>>>,
@@ -509,14 +514,14 @@ pub struct Upload {
 }
 
 impl Upload {
-    /// Queues `data` for the store; blocking (call from the blocking pool).
-    pub fn write_blocking(&mut self, data: Bytes) -> Result<(), StoreError> {
-        if data.is_empty() {
+    /// Queues `batch` for the store; blocking (call from the blocking pool).
+    pub fn write_blocking(&mut self, batch: Vec<Bytes>) -> Result<(), StoreError> {
+        if batch.iter().all(Bytes::is_empty) {
             // Nothing to send (an empty backup's PUT may be done already).
             return Ok(());
         }
         let tx = self.tx.as_ref().ok_or(StoreError::NotFound)?;
-        tx.blocking_send(Ok(data)).map_err(|_| {
+        tx.blocking_send(Ok(batch)).map_err(|_| {
             StoreError::Unavailable(io::Error::other(
                 "the object store stopped taking the upload",
             ))
@@ -566,7 +571,7 @@ async fn send_parts(
     client: &Arc<Client>,
     key: &str,
     declared: u64,
-    mut rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+    mut rx: tokio::sync::mpsc::Receiver<io::Result<Vec<Bytes>>>,
     started: &Mutex<Option<String>>,
 ) -> Result<(), S3Error> {
     let upload_id = client.create_multipart(key, &[]).await?;
@@ -581,17 +586,19 @@ async fn send_parts(
     };
     let mut part = Part::default();
     let mut received: u64 = 0;
-    while let Some(chunk) = rx.recv().await {
-        let mut chunk = chunk.map_err(|e| S3Error::Unavailable(format!("upload: {e}")))?;
-        received += chunk.len() as u64;
-        if received > declared {
-            return Err(S3Error::Unavailable("more bytes than declared".into()));
-        }
-        while !chunk.is_empty() {
-            let take = ((part_bytes - part.len) as usize).min(chunk.len());
-            part.push(chunk.split_to(take));
-            if part.len == part_bytes {
-                parts.send(std::mem::take(&mut part)).await?;
+    while let Some(batch) = rx.recv().await {
+        let batch = batch.map_err(|e| S3Error::Unavailable(format!("upload: {e}")))?;
+        for mut chunk in batch {
+            received += chunk.len() as u64;
+            if received > declared {
+                return Err(S3Error::Unavailable("more bytes than declared".into()));
+            }
+            while !chunk.is_empty() {
+                let take = ((part_bytes - part.len) as usize).min(chunk.len());
+                part.push(chunk.split_to(take));
+                if part.len == part_bytes {
+                    parts.send(std::mem::take(&mut part)).await?;
+                }
             }
         }
     }
@@ -760,9 +767,11 @@ impl http_body::Body for ObjectBody {
     }
 }
 
-/// The receiving end of an upload's queue, as the PUT's body.
+/// The receiving end of an upload's queue, as the PUT's body: each batch
+/// passed on frame by frame.
 struct ChannelBody {
-    rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+    rx: tokio::sync::mpsc::Receiver<io::Result<Vec<Bytes>>>,
+    pending: std::collections::VecDeque<Bytes>,
 }
 
 impl http_body::Body for ChannelBody {
@@ -773,8 +782,16 @@ impl http_body::Body for ChannelBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<io::Result<Frame<Bytes>>>> {
-        self.rx
-            .poll_recv(cx)
-            .map(|item| item.map(|r| r.map(Frame::data)))
+        use std::task::Poll;
+        loop {
+            if let Some(data) = self.pending.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            match std::task::ready!(self.rx.poll_recv(cx)) {
+                Some(Ok(batch)) => self.pending.extend(batch),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => return Poll::Ready(None),
+            }
+        }
     }
 }
