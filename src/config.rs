@@ -160,15 +160,10 @@ pub const DEFAULT_RETENTION_COUNT: u32 = 10;
 pub const UPLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bytes of an upload gathered (as the frames hyper hands over, not
-/// copied) before they go to the upload's writer as one batch: one
-/// `writev` to disk, or one piece of the PUT to the object store.
+/// copied) into one batch, which is hashed and written (one `writev` to
+/// disk, or one piece of the PUT to the object store) on the blocking pool
+/// while the next is gathered: one upload holds about twice this.
 pub const WRITE_CHUNK_BYTES: usize = 1 << 20;
-
-/// Batches queued for an upload's writer while it writes another: the
-/// body is read on while the writer hashes and writes, and one upload
-/// holds at most `(UPLOAD_QUEUE_BATCHES + 2) * WRITE_CHUNK_BYTES` (queued,
-/// being written, being gathered).
-pub const UPLOAD_QUEUE_BATCHES: usize = 1;
 
 /// What the server allows systems to do with their backups.
 #[derive(Debug, Clone, Copy)]

@@ -3,9 +3,10 @@
 //! storage with its SHA-256 computed on the way.
 //!
 //! Two stages run at once: the connection's task reads the body and
-//! gathers its frames into batches (never copying them), and a writer on
-//! the blocking pool, one per upload, hashes each batch and writes it. A
-//! bounded queue between them keeps memory flat.
+//! gathers its frames into batches (never copying them) while the batch
+//! before is hashed and written on the blocking pool. At most one batch
+//! is in the pool per upload, so memory stays flat, and a slow upload
+//! holds no thread while it waits for its client.
 
 use std::time::SystemTime;
 
@@ -18,7 +19,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::backup_id::{BackupId, Extension};
-use crate::config::{UPLOAD_QUEUE_BATCHES, UPLOAD_STALL_TIMEOUT, WRITE_CHUNK_BYTES};
+use crate::config::{UPLOAD_STALL_TIMEOUT, WRITE_CHUNK_BYTES};
 use crate::storage::metadata::BackupInfo;
 use crate::storage::{PartialUpload, StoreError};
 
@@ -122,9 +123,9 @@ pub enum ReceiveError {
 
 /// Streams `body` into `partial`, expecting exactly `declared` bytes, and
 /// returns the partial upload with the content's SHA-256. Memory stays flat:
-/// at most [`UPLOAD_QUEUE_BATCHES`] + 2 batches of [`WRITE_CHUNK_BYTES`].
+/// one batch of [`WRITE_CHUNK_BYTES`] being written, one being gathered.
 pub async fn receive<B>(
-    body: B,
+    mut body: B,
     partial: PartialUpload,
     declared: u64,
     expected: ExpectedDigest,
@@ -133,28 +134,18 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(UPLOAD_QUEUE_BATCHES);
-    let writer = tokio::task::spawn_blocking(move || write_batches(partial, rx));
-    let read = read_batches(body, declared, tx).await;
-    // The writer ends once the queue is closed (the sender is gone) and
-    // drained, or at its first error; a partial upload it hands back on
-    // a failed read is dropped here, which removes it.
-    let written = writer
-        .await
-        .unwrap_or_else(|e| Err(StoreError::Unavailable(std::io::Error::other(e))));
-    let (partial, digest) = match (read, written) {
-        // A write error first: that is why the queue was closed on us.
-        (Err(ReadError::WriterGone), Err(e)) | (Ok(()), Err(e)) => {
-            return Err(ReceiveError::Store(e));
-        }
-        (Err(ReadError::Body(e)), _) => return Err(e),
-        (Err(ReadError::WriterGone), Ok(_)) => {
-            return Err(ReceiveError::Store(StoreError::Unavailable(
-                std::io::Error::other("the upload's writer stopped"),
-            )));
-        }
-        (Ok(()), Ok(done)) => done,
+    let mut writer = Writer {
+        idle: Some((partial, Sha256::new())),
+        busy: None,
     };
+    let read = read_into(&mut body, declared, &mut writer).await;
+    // Whatever happened, the batch in the pool is finished first: a failed
+    // upload is removed before its answer is sent.
+    let written = writer.settle().await;
+    read?;
+    written.map_err(ReceiveError::Store)?;
+    let (partial, hasher) = writer.idle.take().expect("settled");
+    let digest: [u8; 32] = hasher.finalize().into();
     match expected {
         ExpectedDigest::Sha256(want) if want != digest => Err(ReceiveError::ChecksumMismatch),
         ExpectedDigest::Malformed => Err(ReceiveError::ChecksumMismatch),
@@ -162,32 +153,23 @@ where
     }
 }
 
-enum ReadError {
-    /// The body was not what was declared.
-    Body(ReceiveError),
-    /// The writer stopped taking batches (it failed).
-    WriterGone,
-}
-
-/// Reads exactly `declared` bytes of `body` into batches for `tx`.
-async fn read_batches<B>(
-    mut body: B,
-    declared: u64,
-    tx: tokio::sync::mpsc::Sender<Vec<Bytes>>,
-) -> Result<(), ReadError>
+/// Reads exactly `declared` bytes of `body`, handing them to `writer` in
+/// batches.
+async fn read_into<B>(body: &mut B, declared: u64, writer: &mut Writer) -> Result<(), ReceiveError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let mismatch = |why: String| ReadError::Body(ReceiveError::LengthMismatch(why));
     let mut batch: Vec<Bytes> = Vec::new();
     let mut gathered = 0usize;
     let mut received: u64 = 0;
     loop {
         let frame = match tokio::time::timeout(UPLOAD_STALL_TIMEOUT, body.frame()).await {
-            Err(_) => return Err(mismatch("body stalled".into())),
+            Err(_) => return Err(ReceiveError::LengthMismatch("body stalled".into())),
             Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(mismatch(format!("body failed: {e}"))),
+            Ok(Some(Err(e))) => {
+                return Err(ReceiveError::LengthMismatch(format!("body failed: {e}")));
+            }
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(data) = frame.into_data() else {
@@ -195,40 +177,65 @@ where
         };
         received += data.len() as u64;
         if received > declared {
-            return Err(mismatch("more bytes than Content-Length".into()));
+            return Err(ReceiveError::LengthMismatch(
+                "more bytes than Content-Length".into(),
+            ));
         }
         gathered += data.len();
         batch.push(data);
         if gathered >= WRITE_CHUNK_BYTES {
             gathered = 0;
-            tx.send(std::mem::take(&mut batch))
+            writer
+                .submit(std::mem::take(&mut batch))
                 .await
-                .map_err(|_| ReadError::WriterGone)?;
+                .map_err(ReceiveError::Store)?;
         }
     }
     if received != declared {
-        return Err(mismatch(format!("{received} of {declared} bytes")));
+        return Err(ReceiveError::LengthMismatch(format!(
+            "{received} of {declared} bytes"
+        )));
     }
-    if !batch.is_empty() {
-        tx.send(batch).await.map_err(|_| ReadError::WriterGone)?;
-    }
-    Ok(())
+    writer.submit(batch).await.map_err(ReceiveError::Store)
 }
 
-/// The writer: hashes and writes each batch as it comes, until the queue
-/// is closed and empty. Blocking: runs on the blocking pool.
-fn write_batches(
-    mut partial: PartialUpload,
-    mut rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
-) -> Result<(PartialUpload, [u8; 32]), StoreError> {
-    let mut hasher = Sha256::new();
-    while let Some(batch) = rx.blocking_recv() {
-        for data in &batch {
-            hasher.update(data);
-        }
-        partial.write(batch)?;
+/// Hashes and writes batches on the blocking pool, one at a time, while
+/// the caller gathers the next.
+struct Writer {
+    /// The upload and its hash, when no batch is being written.
+    idle: Option<(PartialUpload, Sha256)>,
+    /// The batch being written; it hands them back.
+    busy: Option<tokio::task::JoinHandle<Result<(PartialUpload, Sha256), StoreError>>>,
+}
+
+impl Writer {
+    /// Starts writing `batch` once the one before it is written.
+    async fn submit(&mut self, batch: Vec<Bytes>) -> Result<(), StoreError> {
+        self.settle().await?;
+        let Some((mut partial, mut hasher)) = self.idle.take() else {
+            return Err(StoreError::NotFound);
+        };
+        self.busy = Some(tokio::task::spawn_blocking(move || {
+            for data in &batch {
+                hasher.update(data);
+            }
+            // On an error the upload is dropped here, which removes it.
+            partial.write(batch)?;
+            Ok((partial, hasher))
+        }));
+        Ok(())
     }
-    Ok((partial, hasher.finalize().into()))
+
+    /// Waits for the batch being written, if any.
+    async fn settle(&mut self) -> Result<(), StoreError> {
+        if let Some(busy) = self.busy.take() {
+            let done = busy
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Unavailable(std::io::Error::other(e))))?;
+            self.idle = Some(done);
+        }
+        Ok(())
+    }
 }
 
 /// The record of a freshly received backup.
