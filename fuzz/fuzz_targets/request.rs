@@ -65,6 +65,7 @@ fn fixture() -> &'static Fixture {
             credentials: dir.join("credentials"),
             storage: dir.join("backups"),
             create_storage: true,
+            s3: Default::default(),
         };
         let mut systems_ = Vec::new();
         for name in ["alice", "bob"] {

@@ -42,7 +42,7 @@ pub const MAX_CACHED_RECORDS: usize = 100_000;
 pub const RECORD_FETCHES_IN_FLIGHT: usize = 32;
 
 /// Batches of an upload queued for its PUT: with batches of
-/// [`crate::config::WRITE_CHUNK_BYTES`], at most this many MiB of one
+/// [`crate::config::WRITE_CHUNK_BYTES`], at most this many batches of one
 /// upload wait in memory.
 const UPLOAD_QUEUE_BATCHES: usize = 2;
 
