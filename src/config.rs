@@ -154,6 +154,16 @@ pub const DOWNLOAD_RETRY_AFTER_SECONDS: u64 = 5;
 /// Default backups kept per system (`--retention-count`).
 pub const DEFAULT_RETENTION_COUNT: u32 = 10;
 
+/// The most of a refused HTTP/2 upload's body read (and discarded) after
+/// its answer, so that clients which cannot take an early answer with a
+/// `NO_ERROR` reset (curl before 8.x reports "Stream error in the HTTP/2
+/// framing layer" and drops it) finish sending and read it; a longer body
+/// is then reset. Costs no more than the upload the client was sending.
+pub const REFUSED_BODY_DRAIN_BYTES: u64 = 64 << 20;
+
+/// The longest a refused HTTP/2 upload's body is read after its answer.
+pub const REFUSED_BODY_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// An upload body on which no byte arrives for this long is abandoned (and
 /// its temporary file removed); shorter than [`IDLE_TIMEOUT`] so the client
 /// can still be told (the default one).

@@ -31,8 +31,8 @@ pub enum Error {
     BackupNotFound,
     /// The storage root cannot be used: 503 with `Retry-After`.
     StorageUnavailable,
-    /// An upload without `Content-Length`: 411.
-    LengthRequired,
+    /// A `Content-Digest` header that cannot be read: 400.
+    MalformedDigest,
     /// An upload larger than `--max-upload-bytes`: 413.
     UploadTooLarge {
         /// The limit.
@@ -74,12 +74,13 @@ impl Error {
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::InvalidId { .. } => StatusCode::BAD_REQUEST,
             Error::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Error::LengthRequired => StatusCode::LENGTH_REQUIRED,
             Error::UploadTooLarge { .. } | Error::QuotaExceeded => StatusCode::PAYLOAD_TOO_LARGE,
             Error::RateLimited { .. } | Error::TooManyDownloads { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Error::LengthMismatch | Error::ChecksumMismatch => StatusCode::BAD_REQUEST,
+            Error::LengthMismatch | Error::ChecksumMismatch | Error::MalformedDigest => {
+                StatusCode::BAD_REQUEST
+            }
             Error::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
             Error::AppendOnly => StatusCode::FORBIDDEN,
             Error::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -108,7 +109,6 @@ impl Error {
                     Error::Unauthorized => ("invalid token", json!({})),
                     Error::BackupNotFound => ("backup not found", json!({})),
                     Error::StorageUnavailable => ("backup storage unavailable", json!({})),
-                    Error::LengthRequired => ("Content-Length required", json!({})),
                     Error::UploadTooLarge { max_bytes } => (
                         "backup exceeds max upload size",
                         json!({ "max_bytes": max_bytes }),
@@ -128,6 +128,7 @@ impl Error {
                     ),
                     Error::LengthMismatch => ("upload length mismatch", json!({})),
                     Error::ChecksumMismatch => ("checksum mismatch", json!({})),
+                    Error::MalformedDigest => ("malformed Content-Digest", json!({})),
                     Error::InsufficientStorage => ("insufficient storage", json!({})),
                     Error::AppendOnly => ("append-only", json!({})),
                     Error::RangeNotSatisfiable { .. } => ("range not satisfiable", json!({})),

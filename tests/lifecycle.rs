@@ -223,6 +223,190 @@ async fn upload_with_curl_and_a_content_digest() {
     assert_eq!(server.stored_everything("fw1"), before);
 }
 
+/// `Content-Digest` with `sha-512` is checked too; a digest that cannot be
+/// read is a 400 that says so, before the body is read.
+#[tokio::test]
+async fn sha512_digests_are_checked_and_malformed_ones_named() {
+    let server = Server::start();
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let data = content(300_000, 9);
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let sha512 = format!("sha-512=:{}:", b64(&sha2::Sha512::digest(&data)));
+    let reply = upload(
+        server.addr,
+        Some(&auth),
+        data.clone(),
+        &[("content-digest", &sha512)],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    assert_eq!(json(&reply)["data"]["sha256"], sha256_hex(&data));
+    let both = format!("{sha512}, sha-256=:{}:", sha256_b64(&data));
+    let reply = upload(
+        server.addr,
+        Some(&auth),
+        data.clone(),
+        &[("content-digest", &both)],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    let stored = server.stored_everything("fw1");
+
+    // The right SHA-256 with a wrong SHA-512: every member is checked.
+    let wrong = format!(
+        "sha-256=:{}:, sha-512=:{}:",
+        sha256_b64(&data),
+        b64(&sha2::Sha512::digest(b"other"))
+    );
+    let reply = upload(
+        server.addr,
+        Some(&auth),
+        data.clone(),
+        &[("content-digest", &wrong)],
+    )
+    .await;
+    assert_error(
+        &reply,
+        400,
+        r#"{"code":400,"message":"checksum mismatch","data":{}}"#,
+    );
+    for malformed in ["sha-512=:AAAA:", "sha-256=abc", "sha-256=:!!:", "sha-512"] {
+        let reply = upload(
+            server.addr,
+            Some(&auth),
+            data.clone(),
+            &[("content-digest", malformed)],
+        )
+        .await;
+        assert_error(
+            &reply,
+            400,
+            r#"{"code":400,"message":"malformed Content-Digest","data":{}}"#,
+        );
+    }
+    assert!(server.log().contains("malformed Content-Digest"));
+    assert_eq!(server.stored_everything("fw1"), stored);
+}
+
+/// `tar c DIR | curl -T -`: a body without a length (HTTP/1.1 chunked,
+/// HTTP/2 without `content-length`) is stored whole, with its SHA-256 and
+/// an atomic commit; one longer than `--max-upload-bytes` or the quota is
+/// a 413 the client reads, and leaves nothing.
+#[tokio::test]
+async fn uploads_from_a_pipe_over_http1_and_http2() {
+    let server = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--max-upload-bytes",
+            "6000000",
+            "--quota-bytes",
+            "9000000",
+            "--upload-rate-per-minute",
+            "0",
+            "--upload-rate-per-hour",
+            "0",
+        ],
+    );
+    let secret = server.add_system("fw1");
+    let tree = server.data().join("etc");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("a.conf"), content(1_500_000, 1)).unwrap();
+    std::fs::write(tree.join("b.conf"), content(700_000, 2)).unwrap();
+    let url = format!("http://{}/api/systems/backups", server.addr);
+    // The pipe: `tar c` (or `head -c N` of a stream) through `tee`, which
+    // keeps what was sent; curl reads it from stdin and cannot know its
+    // length.
+    let pipe = |source: &str, sent: &std::path::Path, http: &str| {
+        let script = format!(
+            "set -o pipefail; {source} | tee {sent} | curl -sS -X POST -T - {http} -H 'X-Filename: etc.tar.gz' -w '\\n%{{http_code}} %{{http_version}}' --user fw1:{secret} {url}",
+            sent = sent.display(),
+        );
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+        (
+            status.to_owned(),
+            body.to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // Over --max-upload-bytes (the quota leaves more), on either
+    // protocol: a 413 with the limit that the client reads, nothing kept.
+    for (http, version) in [("--http1.1", "1.1"), ("--http2-prior-knowledge", "2")] {
+        let sent = server.data().join("big");
+        let (status, body, stderr) = pipe("head -c 7000000 /dev/zero", &sent, http);
+        assert_eq!(
+            status,
+            format!("413 {version}"),
+            "{body} {stderr}\n{}",
+            server.log()
+        );
+        assert_eq!(
+            body,
+            r#"{"code":413,"message":"backup exceeds max upload size","data":{"max_bytes":6000000}}"#
+        );
+    }
+    let mut ids = Vec::new();
+    for (http, version) in [("--http1.1", "1.1"), ("--http2-prior-knowledge", "2")] {
+        let sent = server.data().join(format!("sent-{version}.tar"));
+        let source = format!("tar c -C {} etc", server.data().display());
+        let (status, body, stderr) = pipe(&source, &sent, http);
+        assert_eq!(
+            status,
+            format!("201 {version}"),
+            "{body} {stderr}\n{}",
+            server.log()
+        );
+        let sent = std::fs::read(&sent).unwrap();
+        assert!(sent.len() > 2_200_000);
+        let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(reply["data"]["size"], sent.len(), "{reply}");
+        assert_eq!(reply["data"]["sha256"], sha256_hex(&sent), "{reply}");
+        assert_eq!(reply["data"]["filename"], "etc.tar.gz", "{reply}");
+        let id = reply["data"]["id"].as_str().unwrap().to_owned();
+        assert!(id.ends_with(".tar.gz"), "{id}");
+        let got = get(server.addr, &backup_path(&id), Some(&basic("fw1", &secret))).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert!(got.body == sent, "the stored backup differs from the pipe");
+        ids.push(id);
+    }
+    let stored = server.stored_everything("fw1");
+
+    // Within the size limit, over what the quota leaves (9 MB less the
+    // two backups): 413 quota exceeded.
+    for (http, version) in [("--http1.1", "1.1"), ("--http2-prior-knowledge", "2")] {
+        let sent = server.data().join("big");
+        let (status, body, stderr) = pipe("head -c 5000000 /dev/zero", &sent, http);
+        assert_eq!(
+            status,
+            format!("413 {version}"),
+            "{body} {stderr}\n{}",
+            server.log()
+        );
+        assert_eq!(
+            body,
+            r#"{"code":413,"message":"backup quota exceeded","data":{}}"#
+        );
+    }
+    assert!(server.log().contains("streamed upload over the size limit"));
+    assert!(server.log().contains("streamed upload over the quota"));
+    // Nothing of the refused ones is left: no file, no object, no
+    // multipart upload.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while (server.stored_everything("fw1") != stored || !server.multipart_uploads().is_empty())
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(server.stored_everything("fw1"), stored);
+    assert_eq!(server.multipart_uploads(), Vec::<String>::new());
+    assert_eq!(server.stored_backups("fw1").len(), ids.len());
+}
+
 #[tokio::test]
 async fn limits_are_checked_before_the_body() {
     let dir = tempfile::tempdir().unwrap();
@@ -244,17 +428,6 @@ async fn limits_are_checked_before_the_body() {
         &upload(server.addr, None, vec![0; 10], &[]).await,
         401,
         UNAUTHORIZED_BODY,
-    );
-    // No Content-Length (chunked): 411.
-    let req = format!(
-        "POST /api/systems/backups HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-    );
-    let raw_reply = raw(server.addr, req.as_bytes(), Duration::from_secs(2)).await;
-    let text = String::from_utf8_lossy(&raw_reply);
-    assert_eq!(raw_status(&raw_reply), Some(411), "{text}");
-    assert!(
-        text.ends_with(r#"{"code":411,"message":"Content-Length required","data":{}}"#),
-        "{text}"
     );
     // Over the upload limit: 413 with the limit.
     let reply = upload(server.addr, Some(&auth), vec![0; 1001], &[]).await;
@@ -308,6 +481,29 @@ async fn limits_are_checked_before_the_body() {
         )
     );
     assert_eq!(partials(&server, "fw1"), Vec::<String>::new());
+
+    // No Content-Length (chunked), over the limit: 413 once the limit is
+    // passed, nothing kept. (A streamed upload is admitted before its
+    // length is known, so it counts against the rate: another server.)
+    let server = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &["--max-upload-bytes", "1000"],
+    );
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let chunk = format!("{:x}\r\n{}\r\n", 600, "x".repeat(600));
+    let req = format!(
+        "POST /api/systems/backups HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}{chunk}0\r\n\r\n"
+    );
+    let raw_reply = raw(server.addr, req.as_bytes(), Duration::from_secs(2)).await;
+    let text = String::from_utf8_lossy(&raw_reply);
+    assert_eq!(raw_status(&raw_reply), Some(413), "{text}");
+    assert!(
+        text.ends_with(
+            r#"{"code":413,"message":"backup exceeds max upload size","data":{"max_bytes":1000}}"#
+        ),
+        "{text}"
+    );
+    assert_eq!(server.stored_everything("fw1"), Vec::<String>::new());
 }
 
 /// Starts a raw upload that declares 100,000 bytes and sends 5,000.
@@ -840,17 +1036,24 @@ async fn hostile_upload_framing_stores_nothing() {
         );
     }
     // Content-Length and Transfer-Encoding together: hyper uses chunked
-    // framing and drops Content-Length, so the upload is 411 and the
-    // "smuggled" request after it is parsed as a request of its own, which
-    // is not authenticated.
+    // framing and drops Content-Length, so the upload is an empty streamed
+    // body and the "smuggled" request after it is parsed as a request of
+    // its own, which is not authenticated.
     let smuggle = head("Content-Length: 200\r\nTransfer-Encoding: chunked\r\n")
         + "0\r\n\r\nDELETE /api/systems/backups/"
         + ID
         + " HTTP/1.1\r\nHost: x\r\n\r\n";
     let reply = raw(server.addr, smuggle.as_bytes(), Duration::from_secs(2)).await;
     let text = String::from_utf8_lossy(&reply);
+    // hyper closes the connection after such a request: the smuggled one
+    // is never read at all.
     assert!(!text.contains("backup deleted"), "{text}");
-    assert_eq!(server.stored_everything("fw1"), Vec::<String>::new());
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    let stored = server.stored_backups("fw1");
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let listed = json(&get(server.addr, "/api/systems/backups", Some(&auth)).await);
+    assert_eq!(listed["data"]["backups"][0]["size"], 0, "{listed}");
     // The server is fine afterwards.
     assert_eq!(
         upload(server.addr, Some(&auth), b"ok".to_vec(), &[])

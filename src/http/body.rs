@@ -9,12 +9,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker, ready};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
 use rustix::fs::Advice;
 use tokio::task::JoinHandle;
 
-use crate::config::{READ_AHEAD_BYTES, READ_CHUNK_BYTES};
+use crate::config::{
+    READ_AHEAD_BYTES, READ_CHUNK_BYTES, REFUSED_BODY_DRAIN_BYTES, REFUSED_BODY_DRAIN_TIMEOUT,
+};
 use crate::http::zerocopy::{self, Outbox};
 
 /// Called once when a streamed body is over: the bytes of it written to
@@ -91,6 +94,50 @@ pub enum Body {
     File(FileBody),
     /// A backup, streamed from the object store.
     Stream(StreamedBody),
+    /// A complete body sent while the request's body is still arriving
+    /// (an upload refused early), which it holds until the answer is
+    /// sent: over HTTP/2 a request body dropped before its response makes
+    /// the stream reset (`CANCEL`) and the client never reads the answer;
+    /// dropped after, the reset is `NO_ERROR`, which tells the client to
+    /// stop sending and read it (RFC 9113 8.1).
+    Holding(Option<Bytes>, HeldRequest),
+}
+
+/// The unread body of the request a [`Body::Holding`] answers. Once the
+/// answer is sent it is read on and discarded, up to
+/// [`REFUSED_BODY_DRAIN_BYTES`] for at most [`REFUSED_BODY_DRAIN_TIMEOUT`],
+/// and then dropped (a `NO_ERROR` reset if the client is still sending).
+pub struct HeldRequest(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl HeldRequest {
+    /// Holds `body`.
+    pub fn new<B>(mut body: B) -> Self
+    where
+        B: http_body::Body + Unpin + Send + 'static,
+    {
+        HeldRequest(Some(Box::pin(async move {
+            let drain = async {
+                let mut read = 0u64;
+                while read < REFUSED_BODY_DRAIN_BYTES {
+                    match body.frame().await {
+                        Some(Ok(frame)) => {
+                            read += frame.data_ref().map_or(0, |d| d.remaining() as u64);
+                        }
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(REFUSED_BODY_DRAIN_TIMEOUT, drain).await;
+        })))
+    }
+}
+
+impl Drop for HeldRequest {
+    fn drop(&mut self) {
+        if let (Some(drain), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(drain);
+        }
+    }
 }
 
 impl Body {
@@ -104,6 +151,15 @@ impl Body {
         let bytes = bytes.into();
         Body::Full((!bytes.is_empty()).then_some(bytes))
     }
+
+    /// This body, holding `request` until it is sent; bodies that stream a
+    /// backup are left as they are (their requests have no body).
+    pub fn holding(self, request: HeldRequest) -> Self {
+        match self {
+            Body::Full(bytes) | Body::Holding(bytes, _) => Body::Holding(bytes, request),
+            other => other,
+        }
+    }
 }
 
 impl http_body::Body for Body {
@@ -115,7 +171,9 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<io::Result<Frame<Sent>>>> {
         match self.get_mut() {
-            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(Sent::from(b))))),
+            Body::Full(bytes) | Body::Holding(bytes, _) => {
+                Poll::Ready(bytes.take().map(|b| Ok(Frame::data(Sent::from(b)))))
+            }
             Body::File(file) => {
                 let polled = Pin::new(&mut *file).poll_frame(cx);
                 polled.map(|next| next.map(|frame| frame.map(|f| f.map_data(|b| file.sent(b)))))
@@ -126,7 +184,7 @@ impl http_body::Body for Body {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Body::Full(bytes) => bytes.is_none(),
+            Body::Full(bytes) | Body::Holding(bytes, _) => bytes.is_none(),
             Body::File(file) => file.is_end_stream(),
             Body::Stream(stream) => stream.received == stream.len,
         }
@@ -134,7 +192,9 @@ impl http_body::Body for Body {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Full(bytes) | Body::Holding(bytes, _) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Body::File(file) => SizeHint::with_exact(file.len - file.sent),
             Body::Stream(stream) => SizeHint::with_exact(stream.len - stream.received),
         }

@@ -23,7 +23,7 @@ use serde_json::json;
 use crate::backup_id::BackupId;
 use crate::config::MAX_ECHOED_ID_CHARS;
 use crate::error::{Error, json_response, truncate_chars};
-use crate::http::body::{Body, FileBody, StreamedBody};
+use crate::http::body::{Body, FileBody, HeldRequest, StreamedBody};
 use crate::http::ranges::{self, Selection};
 use crate::http::zerocopy::Outbox;
 use crate::metrics::{Metrics, Route};
@@ -92,6 +92,29 @@ pub async fn handle<B>(
     req: Request<B>,
 ) -> Result<Response<Body>, Infallible>
 where
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    // The handlers borrow the body; what they leave unread of an HTTP/2
+    // request is held until the answer is sent (see `Body::Holding`).
+    let version = req.version();
+    let (parts, mut body) = req.into_parts();
+    let mut response = answer(&app, peer, outbox, Request::from_parts(parts, &mut body)).await;
+    if version == Version::HTTP_2 && !http_body::Body::is_end_stream(&body) {
+        *response.body_mut() =
+            std::mem::replace(response.body_mut(), Body::empty()).holding(HeldRequest::new(body));
+    }
+    Ok(response)
+}
+
+/// The answer to one request, logged (streamed bodies log when they end).
+async fn answer<B>(
+    app: &Arc<App>,
+    peer: SocketAddr,
+    outbox: Option<Arc<Outbox>>,
+    req: Request<B>,
+) -> Response<Body>
+where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
@@ -117,14 +140,14 @@ where
         metrics: app.metrics.clone(),
     };
     let response = if path == BACKUPS_PATH {
-        collection(&app, req, &mut log).await
+        collection(app, req, &mut log).await
     } else if let Some(raw_id) = path.strip_prefix(BACKUP_PREFIX) {
         let raw_id = raw_id.to_owned();
         log.id = truncate_chars(&raw_id, MAX_ECHOED_ID_CHARS).to_owned();
         // Zero-copy frames are for HTTP/1 only: HTTP/2 copies its frames.
         let outbox =
             outbox.filter(|_| matches!(req.version(), Version::HTTP_10 | Version::HTTP_11));
-        item(&app, &req, &raw_id, outbox, &mut log).await
+        item(app, &req, &raw_id, outbox, &mut log).await
     } else {
         Err(Error::RouteNotFound)
     };
@@ -137,7 +160,7 @@ where
         let bytes = http_body::Body::size_hint(response.body()).lower();
         log.write(response.status(), bytes, true);
     }
-    Ok(response)
+    response
 }
 
 /// Turns a response into its answer to HEAD: the same status and headers
@@ -339,18 +362,23 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let declared: u64 = req
+    // No `Content-Length` is a body streamed to its end (hyper has already
+    // refused a malformed one, and any with `Transfer-Encoding`).
+    let declared: Option<u64> = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or(Error::LengthRequired)?;
+        .and_then(|v| v.parse().ok());
+    let expected =
+        upload::expected_digest(req.headers().get(CONTENT_DIGEST).map(HeaderValue::as_bytes))
+            .map_err(|_| {
+                tracing::warn!(system = %system, "malformed Content-Digest");
+                Error::MalformedDigest
+            })?;
     let upload = Upload {
         declared,
         filename: req.headers().get(X_FILENAME).map(|v| v.as_bytes().to_vec()),
-        expected: upload::expected_digest(
-            req.headers().get(CONTENT_DIGEST).map(HeaderValue::as_bytes),
-        ),
+        expected,
     };
     let info = app.upload(&system, upload, req.into_body()).await?;
     let id = info.id;

@@ -20,10 +20,10 @@ use crate::config::{DOWNLOAD_RETRY_AFTER_SECONDS, Policy};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::storage::metadata::BackupInfo;
-use crate::storage::{Backup, Storage, StoreError};
+use crate::storage::{Backup, BodyLength, Storage, StoreError};
 use crate::system_name::SystemName;
 use limits::{DownloadSlot, DownloadSlots, UploadRateLimiter};
-use upload::{ExpectedDigest, ReceiveError};
+use upload::{ExpectedDigest, ReceiveError, StreamLimits};
 
 /// What the server needs to answer requests.
 pub struct App {
@@ -44,8 +44,9 @@ pub struct App {
 /// An upload as its request announced it, before its body is read.
 #[derive(Debug)]
 pub struct Upload {
-    /// The body's length (`Content-Length`).
-    pub declared: u64,
+    /// The body's length (`Content-Length`); `None` for a body streamed
+    /// without one (HTTP/1.1 chunked, HTTP/2 without `content-length`).
+    pub declared: Option<u64>,
     /// The client's name for the file (`X-Filename`), raw.
     pub filename: Option<Vec<u8>>,
     /// The digest the body must have (`Content-Digest`).
@@ -150,12 +151,15 @@ impl App {
         B::Error: std::fmt::Display,
     {
         let policy = self.policy;
-        if upload.declared > policy.max_upload_bytes {
+        if upload.declared.is_some_and(|n| n > policy.max_upload_bytes) {
             return Err(Error::UploadTooLarge {
                 max_bytes: policy.max_upload_bytes,
             });
         }
-        self.check_quota(system, upload.declared).await?;
+        // A body without a length is checked against the room left as it
+        // arrives, and once more at its commit.
+        self.check_quota(system, upload.declared.unwrap_or(0))
+            .await?;
         self.uploads
             .admit(system)
             .map_err(|retry_after_seconds| Error::RateLimited {
@@ -182,22 +186,35 @@ impl App {
         B::Error: std::fmt::Display,
     {
         let policy = self.policy;
-        let declared = upload.declared;
-        let checksum = match upload.expected {
-            ExpectedDigest::Sha256(digest) => Some(digest),
-            _ => None,
+        let limits = StreamLimits {
+            max_bytes: policy.max_upload_bytes,
+            quota_room: self.quota_room(system, upload.declared).await?,
+        };
+        let length = match upload.declared {
+            Some(n) => BodyLength::Exact(n),
+            None => BodyLength::AtMost(limits.max_bytes.min(limits.quota_room)),
         };
         let partial = self
             .storage
-            .begin_upload(system, declared, checksum)
+            .begin_upload(system, length, upload.expected.sha256)
             .await
             .map_err(|e| self.storage_error(e, system))?;
-        let (partial, sha256) = upload::receive(body, partial, declared, upload.expected)
+        let received = upload::receive(body, partial, upload.declared, limits, upload.expected)
             .await
             .map_err(|e| match e {
                 ReceiveError::LengthMismatch(detail) => {
                     tracing::warn!(system = %system, detail, "upload length mismatch");
                     Error::LengthMismatch
+                }
+                ReceiveError::TooLarge => {
+                    tracing::warn!(system = %system, max_bytes = limits.max_bytes, "streamed upload over the size limit");
+                    Error::UploadTooLarge {
+                        max_bytes: limits.max_bytes,
+                    }
+                }
+                ReceiveError::OverQuota => {
+                    tracing::warn!(system = %system, "streamed upload over the quota");
+                    Error::QuotaExceeded
                 }
                 ReceiveError::ChecksumMismatch => {
                     tracing::warn!(system = %system, "upload checksum mismatch");
@@ -205,6 +222,7 @@ impl App {
                 }
                 ReceiveError::Store(e) => self.storage_error(e, system),
             })?;
+        let (partial, sha256, declared) = (received.partial, received.sha256, received.size);
 
         // Commit and prune under the system's lock, so concurrent uploads
         // (and deletes) of one system leave a consistent directory.
@@ -244,6 +262,32 @@ impl App {
             }
         }
         Ok(info)
+    }
+
+    /// How many bytes a body without a length may grow to before it is
+    /// certainly over `system`'s quota (`u64::MAX` with no quota, or for a
+    /// body whose length is known and checked up front). Exact with no
+    /// retention or retention by count (the room is then the quota less
+    /// what is kept besides the new backup); with retention by bytes a
+    /// larger backup makes retention keep less, so only the quota itself
+    /// bounds the body, and the commit's check decides.
+    async fn quota_room(&self, system: &SystemName, declared: Option<u64>) -> Result<u64, Error> {
+        let policy = self.policy;
+        if policy.quota_bytes == 0 || declared.is_some() {
+            return Ok(u64::MAX);
+        }
+        if policy.retention_bytes > 0 {
+            return Ok(policy.quota_bytes);
+        }
+        let kept = match self
+            .storage
+            .usage_after(system, 0, policy.retention_count, 0)
+            .await
+        {
+            Err(StoreError::NotFound) => 0,
+            other => other.map_err(|e| self.storage_error(e, system))?,
+        };
+        Ok(policy.quota_bytes.saturating_sub(kept))
     }
 
     /// 413 if `system` would be over its quota once a backup of `incoming`

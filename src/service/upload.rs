@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http_body::Body;
 use http_body_util::BodyExt;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 use uuid::Uuid;
 
 use crate::backup_id::{BackupId, Extension};
@@ -72,31 +72,33 @@ pub fn sanitize_filename(raw: Option<&[u8]>, uuid: Uuid) -> String {
     name
 }
 
-/// The SHA-256 a `Content-Digest` header (RFC 9530) asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExpectedDigest {
-    /// No header, or only algorithms we do not compute.
-    None,
+/// The digests a `Content-Digest` header (RFC 9530) asks for: every
+/// member we compute is checked, the others are ignored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExpectedDigest {
     /// `sha-256=:<base64>:`.
-    Sha256([u8; 32]),
-    /// A `sha-256` member that is not 32 bytes of base64: cannot match.
-    Malformed,
+    pub sha256: Option<[u8; 32]>,
+    /// `sha-512=:<base64>:`.
+    pub sha512: Option<[u8; 64]>,
 }
 
-/// Reads the `sha-256` member of a `Content-Digest` value.
-pub fn expected_digest(value: Option<&[u8]>) -> ExpectedDigest {
-    let Some(value) = value.and_then(|v| std::str::from_utf8(v).ok()) else {
-        return if value.is_some() {
-            ExpectedDigest::Malformed
-        } else {
-            ExpectedDigest::None
-        };
+/// A `Content-Digest` header we cannot read: not ASCII, or a `sha-256` or
+/// `sha-512` member that is not a byte sequence (`:<base64>:`) of the
+/// algorithm's length. Answered 400 before the body is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedDigest;
+
+/// Reads the `sha-256` and `sha-512` members of a `Content-Digest` value.
+pub fn expected_digest(value: Option<&[u8]>) -> Result<ExpectedDigest, MalformedDigest> {
+    let mut expected = ExpectedDigest::default();
+    let Some(value) = value else {
+        return Ok(expected);
     };
+    let value = std::str::from_utf8(value).map_err(|_| MalformedDigest)?;
     for member in value.split(',') {
-        let Some((algorithm, digest)) = member.trim().split_once('=') else {
-            continue;
-        };
-        if !algorithm.trim().eq_ignore_ascii_case("sha-256") {
+        let (algorithm, digest) = member.trim().split_once('=').unwrap_or((member.trim(), ""));
+        let algorithm = algorithm.trim().to_ascii_lowercase();
+        if algorithm != "sha-256" && algorithm != "sha-512" {
             continue;
         }
         let bytes = digest
@@ -104,10 +106,14 @@ pub fn expected_digest(value: Option<&[u8]>) -> ExpectedDigest {
             .strip_prefix(':')
             .and_then(|d| d.strip_suffix(':'))
             .and_then(|d| STANDARD.decode(d).ok())
-            .and_then(|d| <[u8; 32]>::try_from(d).ok());
-        return bytes.map_or(ExpectedDigest::Malformed, ExpectedDigest::Sha256);
+            .ok_or(MalformedDigest)?;
+        if algorithm == "sha-256" {
+            expected.sha256 = Some(bytes.try_into().map_err(|_| MalformedDigest)?);
+        } else {
+            expected.sha512 = Some(bytes.try_into().map_err(|_| MalformedDigest)?);
+        }
     }
-    ExpectedDigest::None
+    Ok(expected)
 }
 
 /// Why an upload's body was not stored.
@@ -115,47 +121,107 @@ pub fn expected_digest(value: Option<&[u8]>) -> ExpectedDigest {
 pub enum ReceiveError {
     /// The body ended early, ran long, failed or stalled.
     LengthMismatch(String),
+    /// A body without a length grew past `--max-upload-bytes`.
+    TooLarge,
+    /// A body without a length grew past the system's quota.
+    OverQuota,
     /// The content does not match `Content-Digest`.
     ChecksumMismatch,
     /// Writing failed.
     Store(StoreError),
 }
 
-/// Streams `body` into `partial`, expecting exactly `declared` bytes, and
-/// returns the partial upload with the content's SHA-256. Memory stays flat:
-/// one batch of [`WRITE_CHUNK_BYTES`] being written, one being gathered.
+/// How much of a body without a length is allowed, and which limit a
+/// longer one breaks.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// `--max-upload-bytes`.
+    pub max_bytes: u64,
+    /// The room left in the system's quota (`u64::MAX` without one).
+    pub quota_room: u64,
+}
+
+/// A body received whole.
+pub struct Received {
+    /// The upload, ready for its commit.
+    pub partial: PartialUpload,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+    /// Its length.
+    pub size: u64,
+}
+
+/// The hashes computed over a body.
+struct Hashes {
+    sha256: Sha256,
+    /// Only when the client sent a `sha-512` to check.
+    sha512: Option<Sha512>,
+}
+
+impl Hashes {
+    fn update(&mut self, data: &[u8]) {
+        self.sha256.update(data);
+        if let Some(h) = &mut self.sha512 {
+            h.update(data);
+        }
+    }
+}
+
+/// Streams `body` into `partial` and returns the partial upload with the
+/// content's SHA-256 and length. With `Content-Length` the body must be
+/// exactly that long; without one it may be up to `limits`, and is refused
+/// (nothing kept) the moment it grows past them. Memory stays flat: one
+/// batch of [`WRITE_CHUNK_BYTES`] being written, one being gathered.
 pub async fn receive<B>(
     mut body: B,
     partial: PartialUpload,
-    declared: u64,
+    length: Option<u64>,
+    limits: StreamLimits,
     expected: ExpectedDigest,
-) -> Result<(PartialUpload, [u8; 32]), ReceiveError>
+) -> Result<Received, ReceiveError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    let hashes = Hashes {
+        sha256: Sha256::new(),
+        sha512: expected.sha512.map(|_| Sha512::new()),
+    };
     let mut writer = Writer {
-        idle: Some((partial, Sha256::new())),
+        idle: Some((partial, hashes)),
         busy: None,
     };
-    let read = read_into(&mut body, declared, &mut writer).await;
+    let read = read_into(&mut body, length, limits, &mut writer).await;
     // Whatever happened, the batch in the pool is finished first: a failed
     // upload is removed before its answer is sent.
     let written = writer.settle().await;
-    read?;
+    let size = read?;
     written.map_err(ReceiveError::Store)?;
-    let (partial, hasher) = writer.idle.take().expect("settled");
-    let digest: [u8; 32] = hasher.finalize().into();
-    match expected {
-        ExpectedDigest::Sha256(want) if want != digest => Err(ReceiveError::ChecksumMismatch),
-        ExpectedDigest::Malformed => Err(ReceiveError::ChecksumMismatch),
-        _ => Ok((partial, digest)),
+    let (partial, hashes) = writer.idle.take().expect("settled");
+    let sha256: [u8; 32] = hashes.sha256.finalize().into();
+    if expected.sha256.is_some_and(|want| want != sha256) {
+        return Err(ReceiveError::ChecksumMismatch);
     }
+    if let (Some(want), Some(hasher)) = (expected.sha512, hashes.sha512)
+        && want[..] != hasher.finalize()[..]
+    {
+        return Err(ReceiveError::ChecksumMismatch);
+    }
+    Ok(Received {
+        partial,
+        sha256,
+        size,
+    })
 }
 
-/// Reads exactly `declared` bytes of `body`, handing them to `writer` in
-/// batches.
-async fn read_into<B>(body: &mut B, declared: u64, writer: &mut Writer) -> Result<(), ReceiveError>
+/// Reads `body` (exactly `length` bytes when given, else up to `limits`),
+/// handing it to `writer` in batches; returns its length.
+async fn read_into<B>(
+    body: &mut B,
+    length: Option<u64>,
+    limits: StreamLimits,
+    writer: &mut Writer,
+) -> Result<u64, ReceiveError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -176,10 +242,15 @@ where
             continue;
         };
         received += data.len() as u64;
-        if received > declared {
-            return Err(ReceiveError::LengthMismatch(
-                "more bytes than Content-Length".into(),
-            ));
+        match length {
+            Some(declared) if received > declared => {
+                return Err(ReceiveError::LengthMismatch(
+                    "more bytes than Content-Length".into(),
+                ));
+            }
+            None if received > limits.max_bytes => return Err(ReceiveError::TooLarge),
+            None if received > limits.quota_room => return Err(ReceiveError::OverQuota),
+            _ => {}
         }
         gathered += data.len();
         batch.push(data);
@@ -191,37 +262,40 @@ where
                 .map_err(ReceiveError::Store)?;
         }
     }
-    if received != declared {
+    if let Some(declared) = length
+        && received != declared
+    {
         return Err(ReceiveError::LengthMismatch(format!(
             "{received} of {declared} bytes"
         )));
     }
-    writer.submit(batch).await.map_err(ReceiveError::Store)
+    writer.submit(batch).await.map_err(ReceiveError::Store)?;
+    Ok(received)
 }
 
 /// Hashes and writes batches on the blocking pool, one at a time, while
 /// the caller gathers the next.
 struct Writer {
-    /// The upload and its hash, when no batch is being written.
-    idle: Option<(PartialUpload, Sha256)>,
+    /// The upload and its hashes, when no batch is being written.
+    idle: Option<(PartialUpload, Hashes)>,
     /// The batch being written; it hands them back.
-    busy: Option<tokio::task::JoinHandle<Result<(PartialUpload, Sha256), StoreError>>>,
+    busy: Option<tokio::task::JoinHandle<Result<(PartialUpload, Hashes), StoreError>>>,
 }
 
 impl Writer {
     /// Starts writing `batch` once the one before it is written.
     async fn submit(&mut self, batch: Vec<Bytes>) -> Result<(), StoreError> {
         self.settle().await?;
-        let Some((mut partial, mut hasher)) = self.idle.take() else {
+        let Some((mut partial, mut hashes)) = self.idle.take() else {
             return Err(StoreError::NotFound);
         };
         self.busy = Some(tokio::task::spawn_blocking(move || {
             for data in &batch {
-                hasher.update(data);
+                hashes.update(data);
             }
             // On an error the upload is dropped here, which removes it.
             partial.write(batch)?;
-            Ok((partial, hasher))
+            Ok((partial, hashes))
         }));
         Ok(())
     }
@@ -290,19 +364,34 @@ mod tests {
     #[test]
     fn content_digest_members() {
         let d = [3u8; 32];
-        let v = format!("sha-512=:AAAA:, sha-256=:{}:", STANDARD.encode(d));
+        let e = [4u8; 64];
+        let v = format!(
+            "sha-512=:{}:, sha-256=:{}:, unixsum=:AAAA:",
+            STANDARD.encode(e),
+            STANDARD.encode(d)
+        );
         assert_eq!(
             expected_digest(Some(v.as_bytes())),
-            ExpectedDigest::Sha256(d)
+            Ok(ExpectedDigest {
+                sha256: Some(d),
+                sha512: Some(e)
+            })
         );
+        for bad in [
+            &b"sha-256=:AAAA:"[..],
+            b"sha-512=:AAAA:",
+            b"sha-256=AAAA",
+            b"sha-256",
+            b"SHA-256=:%%%:",
+            b"sha-256=:\xff:",
+            &[0xff, 0xfe][..],
+        ] {
+            assert_eq!(expected_digest(Some(bad)), Err(MalformedDigest), "{bad:?}");
+        }
         assert_eq!(
-            expected_digest(Some(b"sha-256=:AAAA:")),
-            ExpectedDigest::Malformed
+            expected_digest(Some(b"md5=:AAAA:")),
+            Ok(ExpectedDigest::default())
         );
-        assert_eq!(
-            expected_digest(Some(b"sha-512=:AAAA:")),
-            ExpectedDigest::None
-        );
-        assert_eq!(expected_digest(None), ExpectedDigest::None);
+        assert_eq!(expected_digest(None), Ok(ExpectedDigest::default()));
     }
 }

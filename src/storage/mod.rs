@@ -19,6 +19,26 @@ use crate::backup_id::BackupId;
 use crate::system_name::SystemName;
 use metadata::BackupInfo;
 
+/// How long an upload's body is: announced by `Content-Length`, or known
+/// only once it ends (HTTP/1.1 chunked, HTTP/2 without `content-length`),
+/// with the most it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    /// Exactly this many bytes.
+    Exact(u64),
+    /// Unknown until the end, never more than this many bytes.
+    AtMost(u64),
+}
+
+impl BodyLength {
+    /// The most bytes the body may have.
+    pub fn max(self) -> u64 {
+        match self {
+            BodyLength::Exact(n) | BodyLength::AtMost(n) => n,
+        }
+    }
+}
+
 /// A backup opened for a download.
 pub enum Backup {
     /// A file, open (it stays the same file even if renamed or replaced).
@@ -183,20 +203,18 @@ impl Storage {
         }
     }
 
-    /// Starts an upload of `declared` bytes for `system`: a place its
+    /// Starts an upload of `length` bytes for `system`: a place its
     /// bytes go until commit. `checksum` (from `Content-Digest`) is passed
     /// to a store that can check it too.
     pub async fn begin_upload(
         &self,
         system: &SystemName,
-        declared: u64,
+        length: BodyLength,
         checksum: Option<[u8; 32]>,
     ) -> Result<PartialUpload, StoreError> {
         match self {
             Storage::Fs(store) => store.begin_upload(system).await.map(PartialUpload::File),
-            Storage::S3(store) => Ok(PartialUpload::Object(
-                store.begin_upload(declared, checksum),
-            )),
+            Storage::S3(store) => Ok(PartialUpload::Object(store.begin_upload(length, checksum))),
         }
     }
 

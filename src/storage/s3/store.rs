@@ -28,9 +28,9 @@ use sha2::Digest;
 
 use super::client::{Client, RequestBody, S3Error};
 use crate::backup_id::BackupId;
-use crate::storage::StoreError;
 use crate::storage::key::{self, KeyPrefix};
 use crate::storage::metadata::{BackupInfo, hex};
+use crate::storage::{BodyLength, StoreError};
 use crate::system_name::SystemName;
 
 /// Records remembered at once (a few hundred bytes each); at this many the
@@ -337,22 +337,21 @@ impl S3Store {
         Ok(removed)
     }
 
-    /// Starts an upload of `declared` bytes: its PUT (or multipart upload)
-    /// runs while the body is received. `checksum` (the `Content-Digest`
+    /// Starts an upload of `length` bytes: its PUT (or, above
+    /// `single_put_max` or when the length is known only at the end, its
+    /// multipart upload) runs while the body is received. `checksum` (the `Content-Digest`
     /// the client sent) makes the store check a single PUT's bytes too;
     /// every part of a multipart upload is checked through its signed
     /// SHA-256.
-    pub fn begin_upload(&self, declared: u64, checksum: Option<[u8; 32]>) -> Upload {
+    pub fn begin_upload(&self, length: BodyLength, checksum: Option<[u8; 32]>) -> Upload {
         let key = key::upload_key(&self.prefix, uuid::Uuid::now_v7());
         let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Vec<Bytes>>>(UPLOAD_QUEUE_BATCHES);
         let client = self.client.clone();
         let multipart = Arc::new(Mutex::new(None));
         let (task_key, started) = (key.clone(), multipart.clone());
-        let task = if declared > self.single_put_max {
-            tokio::spawn(
-                async move { send_parts(&client, &task_key, declared, rx, &started).await },
-            )
-        } else {
+        let task = if let BodyLength::Exact(declared) = length
+            && declared <= self.single_put_max
+        {
             let body: RequestBody = ChannelBody {
                 rx,
                 pending: Default::default(),
@@ -368,11 +367,12 @@ impl S3Store {
                     .collect();
                 client.put(&task_key, declared, &headers, body).await
             })
+        } else {
+            tokio::spawn(async move { send_parts(&client, &task_key, length, rx, &started).await })
         };
         Upload {
             client: self.client.clone(),
             key,
-            size: declared,
             tx: Some(tx),
             task: Some(task),
             multipart,
@@ -409,8 +409,8 @@ impl S3Store {
             ("x-amz-meta-uploaded-at-ms", uploaded.as_str()),
         ];
         let target = key::backup_key(&self.prefix, system, &info.id);
-        let copied = if upload.size > self.single_put_max {
-            self.copy_in_parts(&upload.key, upload.size, &target, &metadata)
+        let copied = if info.size > self.single_put_max {
+            self.copy_in_parts(&upload.key, info.size, &target, &metadata)
                 .await
         } else {
             self.client.copy(&upload.key, &target, &metadata).await
@@ -504,8 +504,6 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 pub struct Upload {
     client: Arc<Client>,
     key: String,
-    /// Bytes declared.
-    size: u64,
     tx: Option<tokio::sync::mpsc::Sender<io::Result<Vec<Bytes>>>>,
     task: Option<tokio::task::JoinHandle<Result<(), S3Error>>>,
     /// The multipart upload's id, once the store has given one.
@@ -561,22 +559,23 @@ impl Drop for Upload {
     }
 }
 
-/// Sends the `declared` bytes arriving on `rx` to `key` as a multipart
-/// upload: parts of [`S3_PART_BYTES`] (or more, to stay within
-/// [`S3_MAX_PARTS`]), each signed with its SHA-256 so the store checks it,
-/// one sent while the next is gathered. Completes only once exactly
-/// `declared` bytes arrived and the sender is done; the upload id is put
+/// Sends the `length` bytes arriving on `rx` to `key` as a multipart
+/// upload: parts of [`S3_PART_BYTES`] (or more, so that the most the body
+/// may be stays within [`S3_MAX_PARTS`]), each signed with its SHA-256 so
+/// the store checks it, one sent while the next is gathered. Completes only
+/// once the sender is done and what arrived fits `length`; the upload id is put
 /// in `started` so that a dropped [`Upload`] can abort it.
 async fn send_parts(
     client: &Arc<Client>,
     key: &str,
-    declared: u64,
+    length: BodyLength,
     mut rx: tokio::sync::mpsc::Receiver<io::Result<Vec<Bytes>>>,
     started: &Mutex<Option<String>>,
 ) -> Result<(), S3Error> {
+    let most = length.max();
     let upload_id = client.create_multipart(key, &[]).await?;
     *started.lock().unwrap_or_else(|e| e.into_inner()) = Some(upload_id.clone());
-    let part_bytes = S3_PART_BYTES.max(declared.div_ceil(S3_MAX_PARTS));
+    let part_bytes = S3_PART_BYTES.max(most.div_ceil(S3_MAX_PARTS));
     let mut parts = Parts {
         client: client.clone(),
         key: key.to_owned(),
@@ -586,11 +585,12 @@ async fn send_parts(
     };
     let mut part = Part::default();
     let mut received: u64 = 0;
+    let mut sent = 0u32;
     while let Some(batch) = rx.recv().await {
         let batch = batch.map_err(|e| S3Error::Unavailable(format!("upload: {e}")))?;
         for mut chunk in batch {
             received += chunk.len() as u64;
-            if received > declared {
+            if received > most {
                 return Err(S3Error::Unavailable("more bytes than declared".into()));
             }
             while !chunk.is_empty() {
@@ -598,16 +598,21 @@ async fn send_parts(
                 part.push(chunk.split_to(take));
                 if part.len == part_bytes {
                     parts.send(std::mem::take(&mut part)).await?;
+                    sent += 1;
                 }
             }
         }
     }
-    if received != declared {
+    if let BodyLength::Exact(declared) = length
+        && received != declared
+    {
         return Err(S3Error::Unavailable(format!(
             "{received} of {declared} bytes arrived"
         )));
     }
-    if part.len > 0 {
+    // An empty streamed body is one empty part: a multipart upload cannot
+    // complete with none.
+    if part.len > 0 || sent == 0 {
         parts.send(part).await?;
     }
     parts.complete().await
