@@ -25,7 +25,8 @@
 # gives medians, and as ratio the median of the per-repetition ratios;
 # the per-repetition figures follow it. Ratios below the targets on a
 # busy machine: look at the load average the run line reports.
-# Environment: BIN (default target/release/backupd), DIGEST=1 to send
+# Environment: BIN (default target/release/backupd), PROFILE=DIR (see
+# below: perf of backupd's single-stream download), DIGEST=1 to send
 # Content-Digest with backupd's upload (backupd then asks SeaweedFS to
 # check the SHA-256 too; the direct PUT sends no checksum).
 # Needs a release build (cargo build --release), SeaweedFS (pip install
@@ -228,6 +229,21 @@ get_direct() { # ID SIZE
   curl -sS --fail -o /dev/null -w '%{size_download} %{time_total}\n' "${sign[@]}" "$surl/bench/fw/$1" |
     awk -v n="$2" '$1 != n {print "short: " $0 > "/dev/stderr"; exit 1} {print $2}'
 }
+# PROFILE=DIR: where backupd's CPU goes in a single-stream download
+# (perf record -e cpu-clock over three of them, every backupd process),
+# written to DIR/s3-download.txt; the measured figures below are taken
+# after it, without perf.
+if [ -n "${PROFILE:-}" ]; then
+  mkdir -p "$PROFILE"
+  perf record -q -e cpu-clock -g -o "$PROFILE/s3-download.data" -p "$(tree "$bpid" | paste -sd,)" &
+  perf_pid=$!
+  sleep 0.5
+  for _ in 1 2 3; do get_backupd "$id" "$size" >/dev/null; done
+  kill -INT "$perf_pid"; wait "$perf_pid" || true
+  perf report -i "$PROFILE/s3-download.data" --no-children --percent-limit 1.5 --stdio 2>/dev/null |
+    grep -v '^$' | head -120 >"$PROFILE/s3-download.txt" || true
+  echo "profile: $PROFILE/s3-download.txt"
+fi
 # N concurrent downloads of the big object; prints aggregate GB/s.
 multi() { # backupd|direct N
   local t0 t1 i cp=()

@@ -211,6 +211,20 @@ enum SystemsCommand {
         #[arg(allow_hyphen_values = true)]
         name: String,
     },
+    /// Give a system a new secret (printed, alone, on stdout) while its old
+    /// one stays valid: until `--finish`, or for `--overlap`.
+    Rotate {
+        /// The system whose secret changes.
+        #[arg(allow_hyphen_values = true)]
+        name: String,
+        /// End the rotation: only the new secret is valid from now on.
+        #[arg(long, conflicts_with = "overlap")]
+        finish: bool,
+        /// Keep the old secret valid for this long (e.g. `7d`), then stop
+        /// accepting it by itself; without it, until `--finish`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        overlap: Option<Duration>,
+    },
     /// List registered systems with their backups, bytes, and the time
     /// and age of their newest backup.
     List {
@@ -323,6 +337,29 @@ fn manage(locations: &Locations, command: SystemsCommand) -> ExitCode {
                 "removed system {name}; its backups stay in {} until you delete them",
                 locations.storage.join(&name).display()
             );
+        }),
+        SystemsCommand::Rotate {
+            name,
+            finish,
+            overlap,
+        } => systems::rotate(locations, &name, finish, overlap).map(|rotated| match rotated {
+            systems::Rotated::Started(secret, until) => {
+                println!("{secret}");
+                let until = until.map_or_else(
+                    || format!("until `backupd systems rotate {name} --finish`"),
+                    |t| {
+                        let t = std::time::UNIX_EPOCH + Duration::from_secs(t);
+                        format!("until {}", humantime::format_rfc3339_seconds(t))
+                    },
+                );
+                eprintln!("rotated the secret of {name}: the new one is printed above and is not stored anywhere; the old one stays valid {until}");
+            }
+            systems::Rotated::Finished(true) => {
+                eprintln!("finished the rotation of {name}: only its new secret is valid now");
+            }
+            systems::Rotated::Finished(false) => {
+                eprintln!("{name} was not rotating: its secret is unchanged");
+            }
         }),
         SystemsCommand::List { json, stale } => {
             return match systems::list(locations) {

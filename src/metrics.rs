@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::auth::AuthError;
+
 /// Upper bounds (seconds) of the request-duration histogram's buckets: from
 /// a cached 401 to a multi-GiB download.
 const BUCKETS: [f64; 12] = [
@@ -57,7 +59,9 @@ pub struct Metrics {
     bytes_sent: AtomicU64,
     bytes_sent_zero_copy: AtomicU64,
     bytes_received: AtomicU64,
-    auth_failures: AtomicU64,
+    /// By [`AuthError`] reason, in [`AuthError::ALL`]'s order.
+    auth_failures: [AtomicU64; AuthError::ALL.len()],
+    previous_secret_used: AtomicU64,
     storage_errors: AtomicU64,
     active_connections: AtomicI64,
     uploads: AtomicU64,
@@ -94,8 +98,17 @@ impl Metrics {
     }
 
     /// Counts a failed authentication.
-    pub fn auth_failure(&self) {
-        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    pub fn auth_failure(&self, reason: AuthError) {
+        let index = AuthError::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("ALL holds every reason");
+        self.auth_failures[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request authenticated with a rotated system's previous secret.
+    pub fn previous_secret_used(&self) {
+        self.previous_secret_used.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a storage error answered with 503 or 507.
@@ -163,11 +176,23 @@ impl Metrics {
             "Bytes of stored uploads.",
             self.bytes_received.load(Ordering::Relaxed),
         );
+        let _ = write!(
+            out,
+            "# HELP backupd_auth_failures_total Failed authentications, by reason.\n# TYPE backupd_auth_failures_total counter\n"
+        );
+        for (reason, n) in AuthError::ALL.iter().zip(&self.auth_failures) {
+            let _ = writeln!(
+                out,
+                "backupd_auth_failures_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                n.load(Ordering::Relaxed)
+            );
+        }
         counter(
             &mut out,
-            "backupd_auth_failures_total",
-            "Failed authentications.",
-            self.auth_failures.load(Ordering::Relaxed),
+            "backupd_previous_secret_used_total",
+            "Requests authenticated with a rotated system's previous secret.",
+            self.previous_secret_used.load(Ordering::Relaxed),
         );
         counter(
             &mut out,
@@ -239,11 +264,12 @@ mod tests {
         let m = Metrics::default();
         m.request(Route::Download, 200, 1000, Duration::from_millis(3));
         m.request(Route::Download, 404, 50, Duration::from_secs(2));
-        m.auth_failure();
+        m.auth_failure(AuthError::WrongSecret);
         let text = m.render();
         assert!(text.contains("backupd_requests_total{route=\"download\",status=\"200\"} 1\n"));
         assert!(text.contains("backupd_sent_bytes_total 1050\n"));
-        assert!(text.contains("backupd_auth_failures_total 1\n"));
+        assert!(text.contains("backupd_auth_failures_total{reason=\"wrong_secret\"} 1\n"));
+        assert!(text.contains("backupd_auth_failures_total{reason=\"missing\"} 0\n"));
         assert!(text.contains(
             "backupd_request_duration_seconds_bucket{route=\"download\",le=\"0.005\"} 1\n"
         ));

@@ -246,6 +246,50 @@ fn backups_in_store(
         })
 }
 
+/// What `systems rotate` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rotated {
+    /// A new secret; the previous one valid until this Unix time, or
+    /// until `--finish` when `None`.
+    Started(String, Option<u64>),
+    /// `--finish`: the previous secret is no longer valid (false: there
+    /// was none).
+    Finished(bool),
+}
+
+/// Rotates `name`'s secret: a new one, with the old one still accepted for
+/// `overlap` (until `--finish` when `None`); or, with `finish`, ends the
+/// rotation. Running servers pick the change up with the file.
+pub fn rotate(
+    loc: &Locations,
+    name: &str,
+    finish: bool,
+    overlap: Option<std::time::Duration>,
+) -> Result<Rotated, CommandError> {
+    let name = parse_name(name)?;
+    let (file, _lock, mut creds) = lock_and_load(loc)?;
+    let rotated = if finish {
+        Rotated::Finished(
+            creds
+                .finish_rotation(&name)
+                .ok_or_else(|| CommandError::Unknown(name.clone()))?,
+        )
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let until = overlap.map(|d| now.saturating_add(d.as_secs().max(1)));
+        let secret = creds
+            .rotate(&name, until, now)
+            .map_err(|e| CommandError::Io("rotate".into(), e))?
+            .ok_or_else(|| CommandError::Unknown(name.clone()))?;
+        Rotated::Started(secret, until)
+    };
+    file.write(&creds)
+        .map_err(|e| CommandError::Io(format!("cannot write {}", file.display()), e))?;
+    Ok(rotated)
+}
+
 /// Unregisters `name`. Its backups stay where they are.
 pub fn remove(loc: &Locations, name: &str) -> Result<(), CommandError> {
     let name = parse_name(name)?;

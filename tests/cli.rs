@@ -483,3 +483,93 @@ async fn sigterm_lets_a_download_finish_then_exits_0() {
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+/// `systems rotate`: a new secret, the old one still valid (both checked
+/// on every request) until `--finish` or the end of `--overlap`; requests
+/// with the old one are logged so the devices left behind can be found,
+/// and a 401 names the system claimed and why.
+#[tokio::test]
+async fn rotating_a_secret_keeps_the_old_one_until_the_rotation_ends() {
+    let server = Server::start();
+    let old = server.add_system("fw1");
+    let other = server.add_system("fw2");
+    server.put("fw1", ID, b"payload");
+    let status = |secret: String| {
+        let addr = server.addr;
+        async move {
+            get(addr, &backup_path(ID), Some(&basic("fw1", &secret)))
+                .await
+                .status
+        }
+    };
+    let rotate = |args: &[&str]| {
+        let reloads = server.count_log("credentials reloaded");
+        let mut all = vec!["systems", "rotate", "fw1"];
+        all.extend_from_slice(args);
+        let out = cli(server.data(), &all);
+        if out.0 == 0 {
+            server.wait_for_reload(reloads);
+        }
+        out
+    };
+    let (code, new, err) = rotate(&[]);
+    assert_eq!(code, 0, "{err}");
+    let new = new.trim_end().to_owned();
+    assert!(err.contains("--finish"), "{err}");
+    assert_ne!(new, old);
+    assert_eq!(status(new.clone()).await, StatusCode::OK);
+    assert_eq!(status(old.clone()).await, StatusCode::OK);
+    assert_eq!(status(other.clone()).await, StatusCode::UNAUTHORIZED);
+    assert!(
+        server.wait_for_log(
+            "authenticated with the previous secret of a rotation",
+            Duration::from_secs(2)
+        ),
+        "{}",
+        server.log()
+    );
+    // A second rotation waits for the first.
+    let (code, _, err) = rotate(&[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("under way"), "{err}");
+    // --finish: only the new secret.
+    let (code, _, err) = rotate(&["--finish"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(status(old.clone()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(new.clone()).await, StatusCode::OK);
+    let log = server.log();
+    let failed = log
+        .lines()
+        .filter(|l| l.contains("authentication failed"))
+        .collect::<Vec<_>>();
+    assert!(
+        failed
+            .iter()
+            .any(|l| l.contains("claimed=\"fw1\"") && l.contains("wrong secret")),
+        "{failed:#?}"
+    );
+    // --overlap: the old secret stops working by itself.
+    let (code, newer, err) = rotate(&["--overlap", "2s"]);
+    assert_eq!(code, 0, "{err}");
+    let newer = newer.trim_end().to_owned();
+    assert_eq!(status(new.clone()).await, StatusCode::OK);
+    assert_eq!(status(newer.clone()).await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(status(new.clone()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status(newer).await, StatusCode::OK);
+    // Unknown systems and a bad duration are refused.
+    let (code, _, err) = cli(server.data(), &["systems", "rotate", "nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no system named nope"), "{err}");
+    let (code, _, _) = cli(
+        server.data(),
+        &["systems", "rotate", "fw1", "--overlap", "soon"],
+    );
+    assert_ne!(code, 0);
+    // The secrets never reach the log.
+    let log = server.log();
+    assert!(
+        !log.contains(&old) && !log.contains(&new),
+        "a secret in the log"
+    );
+}

@@ -122,7 +122,14 @@ async fn metrics_health_and_readiness_on_the_admin_listener_only() {
         has(r#"backupd_requests_total{route="upload",status="201"} 1"#),
         "{samples:#?}"
     );
-    assert!(has("backupd_auth_failures_total{} 1"), "{samples:#?}");
+    assert!(
+        has(r#"backupd_auth_failures_total{reason="missing"} 1"#),
+        "{samples:#?}"
+    );
+    assert!(
+        has(r#"backupd_auth_failures_total{reason="wrong_secret"} 0"#),
+        "{samples:#?}"
+    );
     assert!(has("backupd_uploads_total{} 1"), "{samples:#?}");
     assert!(has("backupd_received_bytes_total{} 300"), "{samples:#?}");
     assert!(
@@ -254,6 +261,10 @@ async fn json_logs_carry_one_access_line_per_request_and_never_a_secret() {
         .find(|l| l["message"] == "authentication failed")
         .expect("auth failure logged");
     assert!(failure["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    // The system the client claimed and why it failed, so a device still
+    // on an old secret can be found.
+    assert_eq!(failure["claimed"], "fw1", "{failure}");
+    assert_eq!(failure["reason"], "wrong secret", "{failure}");
     assert!(!log.contains(&secret) && !log.contains("wrong-secret"));
     assert!(!log.to_ascii_lowercase().contains("authorization: basic"));
 }

@@ -8,12 +8,16 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use hyper::header::{AUTHORIZATION, HeaderMap};
 
-use crate::auth::credentials::Credentials;
+use crate::auth::credentials::{Accepted, Credentials, Rejection};
 use crate::system_name::SystemName;
 
 /// Longest `Authorization` value looked at; a name (128) and a secret (43)
 /// encode to well under this. Longer values are rejected before decoding.
 pub const MAX_AUTHORIZATION_BYTES: usize = 1024;
+
+/// Most characters of a claimed (unverified) system name written to the
+/// log of a failed authentication.
+pub const MAX_LOGGED_CLAIM_CHARS: usize = 64;
 
 /// Standard base64, padding optional: some clients drop it.
 const BASIC_BASE64: GeneralPurpose = GeneralPurpose::new(
@@ -49,8 +53,42 @@ pub enum AuthError {
     Repeated,
     /// Not `Basic <base64 of user:password>`.
     Malformed,
-    /// Unknown system or wrong secret (deliberately not told apart).
-    Rejected,
+    /// No system of the claimed name.
+    UnknownSystem,
+    /// A registered system, a secret that is not (or no longer) its own.
+    WrongSecret,
+}
+
+/// A failed authentication: why, and the system the client claimed, made
+/// safe to log (see [`loggable_claim`]); the client gets the same 401
+/// whatever the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthFailure {
+    /// Why.
+    pub reason: AuthError,
+    /// The claimed name, sanitised; empty when there was none.
+    pub claimed: String,
+}
+
+/// A claimed system name as the log may carry it: every byte outside
+/// `[A-Za-z0-9._-]` replaced by `_`, at most [`MAX_LOGGED_CLAIM_CHARS`]
+/// (with `...` when cut), so a client cannot forge log lines or fields.
+pub fn loggable_claim(user: &[u8]) -> String {
+    let mut out: String = user
+        .iter()
+        .take(MAX_LOGGED_CLAIM_CHARS)
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+                b as char
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if user.len() > MAX_LOGGED_CLAIM_CHARS {
+        out.push_str("...");
+    }
+    out
 }
 
 impl AuthError {
@@ -60,9 +98,30 @@ impl AuthError {
             AuthError::Missing => "missing authorization",
             AuthError::Repeated => "repeated authorization header",
             AuthError::Malformed => "malformed authorization",
-            AuthError::Rejected => "unknown system or wrong secret",
+            AuthError::UnknownSystem => "unknown system",
+            AuthError::WrongSecret => "wrong secret",
         }
     }
+
+    /// The label of this reason in `backupd_auth_failures_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Repeated => "repeated",
+            AuthError::Malformed => "malformed",
+            AuthError::UnknownSystem => "unknown_system",
+            AuthError::WrongSecret => "wrong_secret",
+        }
+    }
+
+    /// Every reason, for the metric's series.
+    pub const ALL: [AuthError; 5] = [
+        AuthError::Missing,
+        AuthError::Repeated,
+        AuthError::Malformed,
+        AuthError::UnknownSystem,
+        AuthError::WrongSecret,
+    ];
 }
 
 /// Parses one `Authorization` value: the scheme word `Basic` in any case, one
@@ -99,17 +158,31 @@ pub fn parse_basic(value: &[u8]) -> Result<BasicCredentials, AuthError> {
     })
 }
 
-/// Authenticates a request's headers against `creds`.
-pub fn authenticate(headers: &HeaderMap, creds: &Credentials) -> Result<SystemName, AuthError> {
+/// Authenticates a request's headers against `creds` at Unix time `now`.
+pub fn authenticate(
+    headers: &HeaderMap,
+    creds: &Credentials,
+    now: u64,
+) -> Result<(SystemName, Accepted), AuthFailure> {
+    let fail = |reason, claimed: &[u8]| AuthFailure {
+        reason,
+        claimed: loggable_claim(claimed),
+    };
     let mut values = headers.get_all(AUTHORIZATION).iter();
-    let value = values.next().ok_or(AuthError::Missing)?;
+    let value = values.next().ok_or(fail(AuthError::Missing, b""))?;
     if values.next().is_some() {
-        return Err(AuthError::Repeated);
+        return Err(fail(AuthError::Repeated, b""));
     }
-    let presented = parse_basic(value.as_bytes())?;
+    let presented = parse_basic(value.as_bytes()).map_err(|reason| fail(reason, b""))?;
     creds
-        .verify(&presented.user, &presented.password)
-        .ok_or(AuthError::Rejected)
+        .verify(&presented.user, &presented.password, now)
+        .map_err(|rejection| {
+            let reason = match rejection {
+                Rejection::UnknownSystem => AuthError::UnknownSystem,
+                Rejection::WrongSecret => AuthError::WrongSecret,
+            };
+            fail(reason, &presented.user)
+        })
 }
 
 #[cfg(test)]
@@ -133,6 +206,15 @@ mod tests {
             (c.user.as_slice(), c.password.as_slice()),
             (&b"fw1"[..], &b""[..])
         );
+    }
+
+    #[test]
+    fn claims_are_logged_harmlessly() {
+        assert_eq!(loggable_claim(b"fw1"), "fw1");
+        assert_eq!(loggable_claim(b"a b\n\"c\"=x"), "a_b__c__x");
+        let long = loggable_claim(&[b'a'; 300]);
+        assert_eq!(long.len(), MAX_LOGGED_CLAIM_CHARS + 3);
+        assert!(long.ends_with("..."));
     }
 
     #[test]

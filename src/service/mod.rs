@@ -14,7 +14,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use hyper::header::HeaderMap;
 
-use crate::auth::{self, credentials::CredentialStore};
+use crate::auth;
+use crate::auth::credentials::{Accepted, CredentialStore};
 use crate::backup_id::BackupId;
 use crate::config::{DOWNLOAD_RETRY_AFTER_SECONDS, Policy};
 use crate::error::Error;
@@ -68,15 +69,34 @@ impl App {
     }
 
     /// The system a request's headers authenticate, against the
-    /// credentials as the file says right now; 401 (logged with `peer` and
-    /// the reason, counted) otherwise.
+    /// credentials as the file says right now; 401 otherwise, logged with
+    /// `peer`, the system the client claimed (sanitised) and the reason,
+    /// and counted by reason. A request made with a rotated system's
+    /// previous secret is logged too (it still works until the rotation
+    /// ends), so the devices not yet updated can be found.
     pub fn authenticate(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<SystemName, Error> {
         let creds = self.credentials.fresh();
-        auth::authenticate(headers, &creds).map_err(|reason| {
-            tracing::warn!(peer = %peer, reason = reason.as_str(), "authentication failed");
-            self.metrics.auth_failure();
-            Error::Unauthorized
-        })
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match auth::authenticate(headers, &creds, now) {
+            Ok((system, Accepted::Current)) => Ok(system),
+            Ok((system, Accepted::Previous)) => {
+                tracing::info!(peer = %peer, system = %system, "authenticated with the previous secret of a rotation");
+                self.metrics.previous_secret_used();
+                Ok(system)
+            }
+            Err(failure) => {
+                tracing::warn!(
+                    peer = %peer,
+                    claimed = failure.claimed,
+                    reason = failure.reason.as_str(),
+                    "authentication failed"
+                );
+                self.metrics.auth_failure(failure.reason);
+                Err(Error::Unauthorized)
+            }
+        }
     }
 
     /// `system`'s backups, newest first.
