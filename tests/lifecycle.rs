@@ -1049,6 +1049,7 @@ async fn hostile_upload_framing_stores_nothing() {
     // is never read at all.
     assert!(!text.contains("backup deleted"), "{text}");
     assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
     assert!(text.contains("connection: close"), "{text}");
     let stored = server.stored_backups("fw1");
     assert_eq!(stored.len(), 1, "{stored:?}");

@@ -573,19 +573,14 @@ async fn send_parts(
     started: &Mutex<Option<String>>,
 ) -> Result<(), S3Error> {
     let most = length.max();
-    let upload_id = client.create_multipart(key, &[]).await?;
-    *started.lock().unwrap_or_else(|e| e.into_inner()) = Some(upload_id.clone());
     let part_bytes = S3_PART_BYTES.max(most.div_ceil(S3_MAX_PARTS));
-    let mut parts = Parts {
-        client: client.clone(),
-        key: key.to_owned(),
-        upload_id,
-        sending: tokio::task::JoinSet::new(),
-        etags: Vec::new(),
-    };
+    // The multipart upload is created with its first full part: a body
+    // that ends before one (a short streamed body, an empty one) is a
+    // single PUT of what arrived. (Garage refuses to complete a multipart
+    // upload whose only part is empty.)
+    let mut parts: Option<Parts> = None;
     let mut part = Part::default();
     let mut received: u64 = 0;
-    let mut sent = 0u32;
     while let Some(batch) = rx.recv().await {
         let batch = batch.map_err(|e| S3Error::Unavailable(format!("upload: {e}")))?;
         for mut chunk in batch {
@@ -597,8 +592,21 @@ async fn send_parts(
                 let take = ((part_bytes - part.len) as usize).min(chunk.len());
                 part.push(chunk.split_to(take));
                 if part.len == part_bytes {
-                    parts.send(std::mem::take(&mut part)).await?;
-                    sent += 1;
+                    if parts.is_none() {
+                        let upload_id = client.create_multipart(key, &[]).await?;
+                        *started.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(upload_id.clone());
+                        parts = Some(Parts {
+                            client: client.clone(),
+                            key: key.to_owned(),
+                            upload_id,
+                            sending: tokio::task::JoinSet::new(),
+                            etags: Vec::new(),
+                        });
+                    }
+                    if let Some(parts) = &mut parts {
+                        parts.send(std::mem::take(&mut part)).await?;
+                    }
                 }
             }
         }
@@ -610,9 +618,14 @@ async fn send_parts(
             "{received} of {declared} bytes arrived"
         )));
     }
-    // An empty streamed body is one empty part: a multipart upload cannot
-    // complete with none.
-    if part.len > 0 || sent == 0 {
+    let Some(mut parts) = parts else {
+        let body = Chunks {
+            chunks: part.chunks,
+        }
+        .boxed_unsync();
+        return client.put(key, part.len, &[], body).await;
+    };
+    if part.len > 0 {
         parts.send(part).await?;
     }
     parts.complete().await
