@@ -15,4 +15,11 @@ echo "$out"
 if echo "$out" | grep -i "backupd.service" | grep -viE "network-online.target|Failed to open|mount"; then
   echo "FAIL: systemd-analyze verify reported problems"; exit 1
 fi
+# The socket unit too (verified next to the service it activates).
+cp deploy/backupd.socket "$work/backupd.socket"
+out=$(cd "$work" && systemd-analyze verify "$work/backupd.socket" 2>&1 || true)
+echo "$out"
+if echo "$out" | grep -i "backupd.socket" | grep -viE "network-online.target|Failed to open|mount"; then
+  echo "FAIL: systemd-analyze verify reported problems with backupd.socket"; exit 1
+fi
 systemd-analyze security --offline=true "$work/backupd.service" 2>/dev/null | tail -1 || true

@@ -480,6 +480,24 @@ struct Listeners {
 
 impl Listeners {
     fn bind(config: &ServeConfig) -> Result<Self, String> {
+        // Socket activation: systemd holds the sockets across restarts, so
+        // none is refused while the service is down; --listen (and, with a
+        // second socket, --admin-listen) are then the unit's.
+        let mut inherited = supervise::inherited_listeners()
+            .map_err(|e| format!("socket activation: {e}"))?
+            .into_iter();
+        if let Some(public) = inherited.next() {
+            let admin = match (config.admin_listen, inherited.next()) {
+                (_, Some(admin)) => Some(admin),
+                (Some(addr), None) => Some(bind(addr)?),
+                (None, None) => None,
+            };
+            tracing::info!(
+                sockets = if admin.is_some() { 2 } else { 1 },
+                "socket activation: serving on the sockets systemd passed"
+            );
+            return Ok(Listeners { public, admin });
+        }
         let public = bind(config.listen)?;
         let admin = match config.admin_listen {
             None => None,

@@ -385,3 +385,61 @@ pub fn run<T>(held: T, worker: &dyn Fn(Supervisor, T) -> i32) -> io::Result<i32>
         }
     }
 }
+
+/// The first file descriptor systemd passes (`SD_LISTEN_FDS_START`).
+const LISTEN_FDS_START: i32 = 3;
+
+/// Most sockets taken from systemd: the public one and the admin one.
+const MAX_LISTEN_FDS: i32 = 2;
+
+/// Whether [`inherited_listeners`] has run: it may take ownership of the
+/// passed descriptors only once.
+static LISTEN_FDS_TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The listening sockets systemd passed (socket activation, as
+/// `sd_listen_fds(3)` reads them): descriptors 3 and on, `LISTEN_FDS` of
+/// them, when `LISTEN_PID` is this process; none otherwise. Each is
+/// checked to be a listening stream socket, and made close-on-exec.
+pub fn inherited_listeners() -> io::Result<Vec<std::net::TcpListener>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let var = |name: &str| std::env::var(name).ok();
+    if var("LISTEN_PID").and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
+        return Ok(Vec::new());
+    }
+    let count = var("LISTEN_FDS")
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
+    if !(0..=MAX_LISTEN_FDS).contains(&count) {
+        return Err(io::Error::other(format!(
+            "LISTEN_FDS={count}: systemd may pass at most {MAX_LISTEN_FDS} sockets (the public one, then the admin one)"
+        )));
+    }
+    if LISTEN_FDS_TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Err(io::Error::other(
+            "the sockets systemd passed were taken already",
+        ));
+    }
+    (LISTEN_FDS_START..LISTEN_FDS_START + count)
+        .map(|fd| {
+            // SAFETY: systemd passes descriptors LISTEN_FDS_START..+LISTEN_FDS
+            // open and owned by this process (LISTEN_PID says so), and the
+            // flag above makes this the only place that takes them, once:
+            // each becomes exactly one owner.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            let listening = rustix::net::sockopt::socket_type(&owned)
+                .is_ok_and(|t| t == rustix::net::SocketType::STREAM)
+                && rustix::net::sockopt::socket_acceptconn(&owned).unwrap_or(false);
+            if !listening {
+                // Not ours to close: leave it as it was.
+                std::mem::forget(owned);
+                return Err(io::Error::other(format!(
+                    "descriptor {fd} passed by systemd is not a listening stream socket"
+                )));
+            }
+            rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
+            let listener = std::net::TcpListener::from(owned);
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })
+        .collect()
+}

@@ -573,3 +573,105 @@ async fn rotating_a_secret_keeps_the_old_one_until_the_rotation_ends() {
         "a secret in the log"
     );
 }
+
+/// systemd socket activation: the listening socket is passed the way
+/// systemd passes it (descriptor 3, `LISTEN_FDS=1`, `LISTEN_PID` the
+/// server's own pid), by a holder that keeps it across a restart, so a
+/// request made while no server runs waits in the backlog and is answered
+/// by the next one: a restart refuses no connection.
+#[tokio::test]
+async fn socket_activation_serves_the_passed_socket_and_a_restart_refuses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_owned();
+    let (code, secret, err) = cli(&data, &["systems", "add", "fw1"]);
+    assert_eq!(code, 0, "{err}");
+    let auth = basic("fw1", secret.trim_end());
+    let log_path = data.join("server.log");
+    // The holder: binds, then on "start" forks and execs backupd with the
+    // socket as descriptor 3, on "stop" sends SIGTERM and waits.
+    let holder = r#"
+import os, signal, socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(128)
+print(s.getsockname()[1], flush=True)
+child = None
+for line in sys.stdin:
+    if line.strip() == "start":
+        child = os.fork()
+        if child == 0:
+            if s.fileno() != 3:
+                os.dup2(s.fileno(), 3)
+            os.set_inheritable(3, True)
+            env = dict(os.environ, LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", RUST_LOG="info")
+            # --listen names another port: the passed socket must win.
+            os.execve(sys.argv[1], [sys.argv[1], "serve", "--data-dir", sys.argv[2], "--listen", "127.0.0.1:1"], env)
+        print("started", flush=True)
+    elif line.strip() == "stop":
+        os.kill(child, signal.SIGTERM)
+        os.waitpid(child, 0)
+        print("stopped", flush=True)
+"#;
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg(holder)
+        .arg(bin())
+        .arg(&data)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("python3");
+    let mut to = holder.stdin.take().unwrap();
+    let mut from = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut say = |command: &str| {
+        use std::io::{BufRead, Write};
+        if !command.is_empty() {
+            writeln!(to, "{command}").unwrap();
+        }
+        let mut line = String::new();
+        from.read_line(&mut line).unwrap();
+        line.trim_end().to_owned()
+    };
+    let port: u16 = say("").parse().unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let server_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let wait_for = |needle: &str| {
+        let start = Instant::now();
+        while !server_log().contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no {needle:?}: {}",
+                server_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(say("start"), "started");
+    wait_for("socket activation: serving on the sockets systemd passed");
+    let stored = upload(addr, Some(&auth), b"nightly".to_vec(), &[]).await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{}", server_log());
+    let id = json(&stored)["data"]["id"].as_str().unwrap().to_owned();
+
+    // No server runs now; the socket stays open in the holder.
+    assert_eq!(say("stop"), "stopped");
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n",
+        backup_path(&id)
+    );
+    let pending =
+        tokio::spawn(async move { raw(addr, request.as_bytes(), Duration::from_secs(20)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!pending.is_finished(), "answered while no server ran");
+    assert_eq!(say("start"), "started");
+    let reply = within(Duration::from_secs(20), pending).await.unwrap();
+    let text = String::from_utf8_lossy(&reply);
+    assert_eq!(raw_status(&reply), Some(200), "{text}\n{}", server_log());
+    assert!(text.ends_with("nightly"), "{text}");
+    assert_eq!(say("stop"), "stopped");
+    drop(to);
+    let _ = holder.wait();
+    // Neither server bound --listen's port.
+    assert!(!server_log().contains("cannot listen"), "{}", server_log());
+}
