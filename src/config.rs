@@ -53,6 +53,11 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 64;
 /// Default time in-flight downloads get to finish after SIGTERM or SIGINT.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 
+/// How often every registered system's holdings are re-read for the
+/// per-system metrics (one list per system): a replica's own uploads show at
+/// once, another replica's within this.
+pub const INVENTORY_INTERVAL: Duration = Duration::from_secs(300);
+
 /// How often the storage root is re-opened and compared with the one in use;
 /// half the 2 s within which a removed or replaced root must be noticed.
 pub const STORAGE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
@@ -126,6 +131,8 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     /// What systems may do with their backups.
     pub policy: Policy,
+    /// Whether `/metrics` carries the series labelled by system.
+    pub per_system_metrics: bool,
 }
 
 /// Default largest upload accepted, in bytes (`--max-upload-bytes`): 2 GiB,

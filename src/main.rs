@@ -10,16 +10,18 @@ use std::time::{Duration, Instant};
 
 use backupd::auth::credentials::{CredentialStore, CredentialsFile};
 use backupd::config::{
-    self, CREDENTIALS_CHECK_INTERVAL, CREDENTIALS_FILE_NAME, LISTEN_BACKLOG, Policy,
-    STORAGE_CHECK_INTERVAL, STORAGE_DIR_NAME, SUCCESSOR_RETRY_INTERVAL, ServeConfig,
+    self, CREDENTIALS_CHECK_INTERVAL, CREDENTIALS_FILE_NAME, INVENTORY_INTERVAL, LISTEN_BACKLOG,
+    Policy, STORAGE_CHECK_INTERVAL, STORAGE_DIR_NAME, SUCCESSOR_RETRY_INTERVAL, ServeConfig,
 };
 use backupd::confine;
 use backupd::http::server::{self, Cores, Limits};
 use backupd::http::tls::Tls;
+use backupd::metrics::Reloaded;
 use backupd::sandbox::{DirPath, FilePath};
 use backupd::service::App;
+use backupd::storage::Holding;
 use backupd::storage::Storage;
-use backupd::storage::fs::{FsStore, Holding, RootIdentity};
+use backupd::storage::fs::{FsStore, RootIdentity};
 use backupd::storage::s3::config::{self as s3config, Location};
 use backupd::storage::s3::store::S3Store;
 use backupd::supervise::{self, Supervisor};
@@ -191,6 +193,10 @@ struct ServeArgs {
     /// 0 = no cap.
     #[arg(long, env = "BACKUPD_MAX_DOWNLOADS_PER_SYSTEM", default_value_t = config::DEFAULT_MAX_DOWNLOADS_PER_SYSTEM)]
     max_downloads_per_system: u32,
+    /// Leave the series labelled by system out of /metrics (five per
+    /// system: 500,000 for 100,000 systems), and the scan that feeds them.
+    #[arg(long, env = "BACKUPD_NO_PER_SYSTEM_METRICS")]
+    no_per_system_metrics: bool,
 }
 
 #[derive(Subcommand)]
@@ -321,6 +327,7 @@ fn main() -> ExitCode {
                 append_only: args.append_only,
                 max_downloads_per_system: args.max_downloads_per_system,
             },
+            per_system_metrics: !args.no_per_system_metrics,
         }),
         Command::Systems(command) => manage(&locations, command),
     }
@@ -650,7 +657,17 @@ fn prepare(config: &ServeConfig) -> Result<(Arc<App>, Option<Arc<Tls>>), String>
             ))
         }
     };
-    Ok((Arc::new(App::new(credentials, storage, config.policy)), tls))
+    let mut app = App::new(credentials, storage, config.policy);
+    if !config.per_system_metrics {
+        app = app.without_per_system_metrics();
+    }
+    if let Some(tls) = &tls {
+        app.metrics.tls_expiry(tls.expiry());
+    }
+    if let Some(store) = app.storage.fs() {
+        app.metrics.space(store.space());
+    }
+    Ok((Arc::new(app), tls))
 }
 
 /// The directories the self-sandbox allows (see `confine`); those that do
@@ -662,7 +679,11 @@ fn allowed_dirs(config: &ServeConfig, app: &App, tls: Option<&Tls>) -> confine::
     };
     let mut read = vec![parent_of(&config.storage), parent_of(&config.credentials)];
     if let Some(tls) = tls {
-        read.extend(tls.files().iter().map(|f| f.dir().path().to_path_buf()));
+        for file in tls.files() {
+            read.push(file.dir().path().to_path_buf());
+            // certbot's live/ links point into archive/: reloads read there.
+            read.extend(file.resolved_dir().ok());
+        }
     }
     confine::Allowed {
         storage: app
@@ -756,6 +777,7 @@ fn spawn_watchers(
 ) -> std::io::Result<()> {
     let mut hangup = signal(SignalKind::hangup())?;
     let storage_app = app.clone();
+    let app_for_inventory = app.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(STORAGE_CHECK_INTERVAL);
         let mut asked: Option<Instant> = None;
@@ -769,6 +791,7 @@ fn spawn_watchers(
             let _ = tokio::task::spawn_blocking(move || {
                 if let Some(store) = app.storage.fs() {
                     store.refresh();
+                    app.metrics.space(store.space());
                 }
             })
             .await;
@@ -798,13 +821,36 @@ fn spawn_watchers(
                 _ = hangup.recv() => {
                     tracing::info!("SIGHUP: reloading credentials{}", if tls.is_some() { " and TLS certificate" } else { "" });
                     if let Some(tls) = tls.clone() {
-                        let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
+                        let metrics = app.metrics.clone();
+                        let _ = tokio::task::spawn_blocking(move || match tls.reload() {
+                            Ok(()) => metrics.tls_expiry(tls.expiry()),
+                            Err(_) => metrics.reload_failure(Reloaded::TlsCertificate),
+                        })
+                        .await;
                     }
                     true
                 }
             };
             let app = app.clone();
             let _ = tokio::task::spawn_blocking(move || app.credentials.reload(forced)).await;
+        }
+    });
+    let inventory_app = app_for_inventory;
+    tokio::spawn(async move {
+        // At once, so the per-system series are there from the first
+        // scrape; then every INVENTORY_INTERVAL, and whenever the
+        // credentials change (a system added shows, a removed one goes).
+        let mut scanned: Option<(Instant, std::sync::Arc<_>)> = None;
+        loop {
+            let creds = inventory_app.credentials.current();
+            let due = scanned.as_ref().is_none_or(|(at, seen)| {
+                at.elapsed() >= INVENTORY_INTERVAL || !std::sync::Arc::ptr_eq(seen, &creds)
+            });
+            if due {
+                inventory_app.scan_inventory().await;
+                scanned = Some((Instant::now(), creds));
+            }
+            tokio::time::sleep(CREDENTIALS_CHECK_INTERVAL).await;
         }
     });
     Ok(())

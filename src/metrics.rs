@@ -1,7 +1,10 @@
 //! Counters for the admin listener's `/metrics`, in Prometheus text format.
 //!
 //! Every label has a small, fixed set of values (route names from the route
-//! table, HTTP status codes): never an id, a system name or a secret.
+//! table, HTTP status codes, reasons), except `system`: the name of a
+//! *registered* system, never a name a client merely claimed, so the series
+//! count is bounded by the credentials file (see [`SERIES_PER_SYSTEM`]).
+//! Never an id or a secret.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,6 +13,49 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::auth::AuthError;
+use crate::storage::Holding;
+use crate::storage::fs::Space;
+use crate::system_name::SystemName;
+
+/// Series each system adds when per-system metrics are on: backups, bytes,
+/// newest backup's time (only once it has one), uploads, failed
+/// authentications. 5,000 systems: 25,000 series; 100,000: 500,000 (then
+/// consider `--no-per-system-metrics`).
+pub const SERIES_PER_SYSTEM: usize = 5;
+
+/// A file the server re-reads while it runs; the `file` label of
+/// `backupd_reload_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The credentials file.
+    Credentials,
+    /// The TLS certificate and key.
+    TlsCertificate,
+}
+
+impl Reloaded {
+    const ALL: [Reloaded; 2] = [Reloaded::Credentials, Reloaded::TlsCertificate];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Reloaded::Credentials => "credentials",
+            Reloaded::TlsCertificate => "tls_certificate",
+        }
+    }
+}
+
+/// One registered system's series.
+#[derive(Debug, Default)]
+struct SystemSeries {
+    /// What it holds, once a scan or an upload has told.
+    held: Option<Holding>,
+    uploads: u64,
+    auth_failures: u64,
+}
 
 /// Upper bounds (seconds) of the request-duration histogram's buckets: from
 /// a cached 401 to a multi-GiB download.
@@ -54,6 +100,14 @@ struct Histogram {
 /// The server's counters.
 #[derive(Default)]
 pub struct Metrics {
+    /// Whether the `system`-labelled series are kept.
+    per_system: bool,
+    systems: Mutex<BTreeMap<SystemName, SystemSeries>>,
+    space: Mutex<Option<Space>>,
+    /// Unix time the served certificate expires; 0: no TLS.
+    tls_expiry: AtomicU64,
+    /// By [`Reloaded`], in its `ALL` order.
+    reload_failures: [AtomicU64; Reloaded::ALL.len()],
     requests: Mutex<BTreeMap<(Route, u16), u64>>,
     durations: Mutex<BTreeMap<Route, Histogram>>,
     bytes_sent: AtomicU64,
@@ -69,6 +123,74 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counters with (`per_system`) or without the per-system series.
+    pub fn new(per_system: bool) -> Self {
+        Metrics {
+            per_system,
+            ..Metrics::default()
+        }
+    }
+
+    /// Whether the `system`-labelled series are kept.
+    pub fn per_system(&self) -> bool {
+        self.per_system
+    }
+
+    fn system(&self, system: &SystemName, update: impl FnOnce(&mut SystemSeries)) {
+        if self.per_system {
+            let mut systems = self.systems.lock().unwrap_or_else(|e| e.into_inner());
+            match systems.get_mut(system) {
+                Some(series) => update(series),
+                None => update(systems.entry(system.clone()).or_default()),
+            }
+        }
+    }
+
+    /// What every registered system holds, from a scan of the store:
+    /// replaces what was known, and drops the series of systems no longer
+    /// registered (`held` names every registered one; `None`: the store
+    /// could not say).
+    pub fn inventory(&self, held: Vec<(SystemName, Option<Holding>)>) {
+        if !self.per_system {
+            return;
+        }
+        let mut systems = self.systems.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = BTreeMap::new();
+        for (name, holding) in held {
+            let mut series = systems.remove(&name).unwrap_or_default();
+            series.held = holding.or(series.held);
+            kept.insert(name, series);
+        }
+        *systems = kept;
+    }
+
+    /// What `system` holds after a change this server made (an upload, a
+    /// delete, retention).
+    pub fn held(&self, system: &SystemName, holding: Holding) {
+        self.system(system, |s| s.held = Some(holding));
+    }
+
+    /// The storage filesystem's room, as last measured.
+    pub fn space(&self, space: Option<Space>) {
+        *self.space.lock().unwrap_or_else(|e| e.into_inner()) = space;
+    }
+
+    /// The served certificate's expiry (Unix seconds).
+    pub fn tls_expiry(&self, unix_seconds: u64) {
+        self.tls_expiry.store(unix_seconds, Ordering::Relaxed);
+    }
+
+    /// Counts a failed re-read of `file` (kept the previous content).
+    pub fn reload_failure(&self, file: Reloaded) {
+        self.reload_failures[file.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sets the count of failed re-reads of `file`, for a file whose reader
+    /// counts them itself (the credentials store).
+    pub fn reload_failures(&self, file: Reloaded, count: u64) {
+        self.reload_failures[file.index()].store(count, Ordering::Relaxed);
+    }
+
     /// Records a finished request.
     pub fn request(&self, route: Route, status: u16, bytes_sent: u64, duration: Duration) {
         *self
@@ -97,8 +219,12 @@ impl Metrics {
             .fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Counts a failed authentication.
-    pub fn auth_failure(&self, reason: AuthError) {
+    /// Counts a failed authentication; `system` when a registered system's
+    /// secret was wrong.
+    pub fn auth_failure(&self, reason: AuthError, system: Option<&SystemName>) {
+        if let Some(system) = system {
+            self.system(system, |s| s.auth_failures += 1);
+        }
         let index = AuthError::ALL
             .iter()
             .position(|r| *r == reason)
@@ -116,8 +242,9 @@ impl Metrics {
         self.storage_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a stored upload of `bytes`.
-    pub fn upload(&self, bytes: u64) {
+    /// Counts `system`'s stored upload of `bytes`.
+    pub fn upload(&self, system: &SystemName, bytes: u64) {
+        self.system(system, |s| s.uploads += 1);
         self.uploads.fetch_add(1, Ordering::Relaxed);
         self.bytes_received.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -214,6 +341,35 @@ impl Metrics {
         );
         let _ = write!(
             out,
+            "# HELP backupd_reload_failures_total Re-reads of a file that failed (the previous content kept), by file.\n# TYPE backupd_reload_failures_total counter\n"
+        );
+        for (file, n) in Reloaded::ALL.iter().zip(&self.reload_failures) {
+            let _ = writeln!(
+                out,
+                "backupd_reload_failures_total{{file=\"{}\"}} {}",
+                file.label(),
+                n.load(Ordering::Relaxed)
+            );
+        }
+        if let Some(space) = *self.space.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = write!(
+                out,
+                "# HELP backupd_storage_free_bytes Bytes free on the storage root's filesystem.\n# TYPE backupd_storage_free_bytes gauge\nbackupd_storage_free_bytes {}\n# HELP backupd_storage_size_bytes Size of the storage root's filesystem.\n# TYPE backupd_storage_size_bytes gauge\nbackupd_storage_size_bytes {}\n",
+                space.free, space.size
+            );
+        }
+        let expiry = self.tls_expiry.load(Ordering::Relaxed);
+        if expiry > 0 {
+            let _ = write!(
+                out,
+                "# HELP backupd_tls_certificate_expiry_timestamp_seconds When the served TLS certificate expires (Unix time).\n# TYPE backupd_tls_certificate_expiry_timestamp_seconds gauge\nbackupd_tls_certificate_expiry_timestamp_seconds {expiry}\n"
+            );
+        }
+        if self.per_system {
+            self.render_systems(&mut out);
+        }
+        let _ = write!(
+            out,
             "# HELP backupd_active_connections Connections open now.\n# TYPE backupd_active_connections gauge\nbackupd_active_connections {}\n",
             self.active_connections.load(Ordering::Relaxed)
         );
@@ -255,6 +411,58 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    fn render_systems(&self, out: &mut String) {
+        let systems = self.systems.lock().unwrap_or_else(|e| e.into_inner());
+        type Value = fn(&SystemSeries) -> Option<u64>;
+        let families: [(&str, &str, &str, Value); 5] = [
+            (
+                "backupd_system_backups",
+                "gauge",
+                "Backups a registered system holds.",
+                |s| s.held.map(|h| h.backups),
+            ),
+            (
+                "backupd_system_bytes",
+                "gauge",
+                "Bytes of a registered system's backups.",
+                |s| s.held.map(|h| h.bytes),
+            ),
+            (
+                "backupd_system_newest_backup_timestamp_seconds",
+                "gauge",
+                "When a system's newest backup was stored (Unix time); absent while it holds none.",
+                |s| {
+                    s.held
+                        .and_then(|h| h.newest)
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs())
+                },
+            ),
+            (
+                "backupd_system_uploads_total",
+                "counter",
+                "Backups a system stored through this server.",
+                |s| Some(s.uploads),
+            ),
+            (
+                "backupd_system_auth_failures_total",
+                "counter",
+                "Requests naming a registered system with a wrong secret.",
+                |s| Some(s.auth_failures),
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+            for (system, series) in systems.iter() {
+                if let Some(v) = value(series) {
+                    let _ = writeln!(out, "{name}{{system=\"{system}\"}} {v}");
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,7 +472,7 @@ mod tests {
         let m = Metrics::default();
         m.request(Route::Download, 200, 1000, Duration::from_millis(3));
         m.request(Route::Download, 404, 50, Duration::from_secs(2));
-        m.auth_failure(AuthError::WrongSecret);
+        m.auth_failure(AuthError::WrongSecret, None);
         let text = m.render();
         assert!(text.contains("backupd_requests_total{route=\"download\",status=\"200\"} 1\n"));
         assert!(text.contains("backupd_sent_bytes_total 1050\n"));

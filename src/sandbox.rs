@@ -42,7 +42,11 @@ impl DirPath {
 }
 
 /// A file the operator named (a certificate, a key): its directory, opened
-/// through [`DirPath`], and its name inside it.
+/// through [`DirPath`], and its name inside it. The path may be a symlink
+/// anywhere (certbot's `live/NAME/fullchain.pem` links to
+/// `../../archive/NAME/fullchainN.pem`, re-pointed at each renewal): it is
+/// operator configuration, so each read resolves it afresh and opens the
+/// file it names now.
 #[derive(Debug, Clone)]
 pub struct FilePath {
     dir: DirPath,
@@ -83,10 +87,22 @@ impl FilePath {
         self.dir.path().join(&self.name).display().to_string()
     }
 
+    /// The directory of the file the path names now, symlinks resolved
+    /// (where the self-sandbox must allow reads).
+    pub fn resolved_dir(&self) -> io::Result<PathBuf> {
+        Ok(self.resolve()?.dir.path)
+    }
+
+    /// The same file, named by its path with every symlink resolved.
+    fn resolve(&self) -> io::Result<FilePath> {
+        FilePath::new(&std::fs::canonicalize(self.dir.path.join(&self.name))?)
+    }
+
     /// Reads the whole file, refusing one larger than `max` bytes.
     pub fn read(&self, max: u64) -> io::Result<Vec<u8>> {
         use std::io::Read;
-        let file = self.dir.open(false)?.open(&self.name)?;
+        let real = self.resolve()?;
+        let file = real.dir.open(false)?.open(&real.name)?;
         let mut bytes = Vec::new();
         file.take(max + 1).read_to_end(&mut bytes)?;
         if bytes.len() as u64 > max {

@@ -14,7 +14,8 @@ use cap_std::fs::Dir;
 use crate::auth::credentials::{Credentials, CredentialsFile, LoadError};
 use crate::backup_id::BackupId;
 use crate::sandbox::DirPath;
-use crate::storage::fs::{Holding, mark_root, summarize, sync_dir};
+use crate::storage::Holding;
+use crate::storage::fs::{mark_root, summarize, sync_dir};
 use crate::storage::s3::config::Location;
 use crate::system_name::{InvalidSystemName, SystemName};
 

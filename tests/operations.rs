@@ -145,8 +145,9 @@ async fn metrics_health_and_readiness_on_the_admin_listener_only() {
     assert!(samples.iter().any(|s| {
         s.starts_with(r#"backupd_request_duration_seconds_bucket{le="+Inf",route="download"} 3"#)
     }));
-    // No label carries an id, a system or a secret.
-    for secret_thing in [ID, ID2, new_id.as_str(), "fw1", secret.as_str()] {
+    // No label carries an id or a secret (the system's name is a label of
+    // the per-system series only: see the test below).
+    for secret_thing in [ID, ID2, new_id.as_str(), secret.as_str()] {
         assert!(
             !text.contains(secret_thing),
             "{secret_thing} leaked into /metrics"
@@ -174,6 +175,157 @@ async fn metrics_health_and_readiness_on_the_admin_listener_only() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The value of one series in `/metrics`, if present.
+async fn series(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
+    get(admin, "/metrics", None)
+        .await
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn per_system_series_name_registered_systems_only_and_can_be_switched_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir, &["--admin-listen", "127.0.0.1:0"]);
+    let admin = admin_addr(&server);
+    let secret = server.add_system("fw1");
+    server.add_system("fw2");
+    let auth = basic("fw1", &secret);
+    server.put("fw1", ID, &[5u8; 1000]);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let uploaded = upload(server.addr, Some(&auth), vec![1; 300], &[]).await;
+    assert_eq!(uploaded.status, StatusCode::CREATED);
+    let wrong = basic("fw2", "not-its-secret");
+    let intruder = basic("intruder-7", "whatever");
+    for auth in [&wrong, &wrong, &intruder] {
+        assert_eq!(
+            get(server.addr, &backup_path(ID), Some(auth)).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // fw2 was registered after start-up: the credentials change makes the
+    // next scan, within a second or so, list it with nothing held.
+    let start = Instant::now();
+    while series(admin, r#"backupd_system_backups{system="fw2"}"#).await != Some(0.0) {
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at = |name: &str, system: &str| format!("{name}{{system=\"{system}\"}}");
+    assert_eq!(
+        series(admin, &at("backupd_system_backups", "fw1")).await,
+        Some(2.0)
+    );
+    assert_eq!(
+        series(admin, &at("backupd_system_bytes", "fw1")).await,
+        Some(1300.0)
+    );
+    assert_eq!(
+        series(admin, &at("backupd_system_bytes", "fw2")).await,
+        Some(0.0)
+    );
+    assert_eq!(
+        series(admin, &at("backupd_system_uploads_total", "fw1")).await,
+        Some(1.0)
+    );
+    assert_eq!(
+        series(admin, &at("backupd_system_uploads_total", "fw2")).await,
+        Some(0.0)
+    );
+    assert_eq!(
+        series(admin, &at("backupd_system_auth_failures_total", "fw2")).await,
+        Some(2.0)
+    );
+    assert_eq!(
+        series(admin, &at("backupd_system_auth_failures_total", "fw1")).await,
+        Some(0.0)
+    );
+    let newest = series(
+        admin,
+        &at("backupd_system_newest_backup_timestamp_seconds", "fw1"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        newest >= before.floor() && newest <= before + 10.0,
+        "{newest} vs {before}"
+    );
+    assert_eq!(
+        series(
+            admin,
+            &at("backupd_system_newest_backup_timestamp_seconds", "fw2")
+        )
+        .await,
+        None,
+        "a system holding nothing has no newest backup"
+    );
+    let free = series(admin, "backupd_storage_free_bytes").await.unwrap();
+    let size = series(admin, "backupd_storage_size_bytes").await.unwrap();
+    assert!(free > 0.0 && free <= size, "{free} of {size}");
+    assert_eq!(
+        series(
+            admin,
+            r#"backupd_auth_failures_total{reason="unknown_system"}"#
+        )
+        .await,
+        Some(1.0)
+    );
+    let text = get(admin, "/metrics", None).await.text();
+    assert!(
+        !text.contains("intruder"),
+        "a claimed name became a label:\n{text}"
+    );
+    assert!(!text.contains(&secret) && !text.contains(ID));
+    parse_prometheus(&text);
+
+    // A removed system's series go with it.
+    assert_eq!(cli(server.data(), &["systems", "remove", "fw2"]).0, 0);
+    let start = Instant::now();
+    while series(admin, &at("backupd_system_backups", "fw2"))
+        .await
+        .is_some()
+    {
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Files dropped in under names that are not ids are reported at
+    // start-up; the switch drops every per-system series.
+    let fw1 = server.storage().join("fw1");
+    std::fs::write(fw1.join("notes.txt"), b"x").unwrap();
+    std::fs::write(fw1.join("nightly-2026-12-01.tgz"), b"y").unwrap();
+    let dir = server.stop();
+    let server = Server::start_with(
+        dir,
+        &["--admin-listen", "127.0.0.1:0", "--no-per-system-metrics"],
+    );
+    let admin = admin_addr(&server);
+    assert!(
+        server.wait_for_log("not named by a backup id", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    let warning = server
+        .log()
+        .lines()
+        .find(|l| l.contains("not named by a backup id"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        warning.contains("WARN") && warning.contains("files=2") && warning.contains("systems=1"),
+        "{warning}"
+    );
+    let text = get(admin, "/metrics", None).await.text();
+    assert!(
+        !text.contains("backupd_system_") && !text.contains("fw1"),
+        "{text}"
+    );
+    assert!(text.contains("backupd_storage_free_bytes "));
 }
 
 #[test]

@@ -178,13 +178,7 @@ async fn https_serves_http1_and_http2_and_reloads_on_sighup() {
 
     // ...survives SIGHUP, and new handshakes get the new certificate.
     install(certs.path(), "second");
-    let reloads = server.count_log("TLS certificate reloaded");
-    server.signal(1);
-    let start = std::time::Instant::now();
-    while server.count_log("TLS certificate reloaded") == reloads {
-        assert!(start.elapsed() < Duration::from_secs(5), "{}", server.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sighup_until_logged(&server, "TLS certificate reloaded").await;
     let fresh = connect(server.addr, &roots, &[b"h2"], all).await;
     assert_eq!(peer_cert(&fresh), second);
     let res = within(STEP, send(&mut sender)).await.unwrap();
@@ -214,13 +208,7 @@ async fn https_serves_http1_and_http2_and_reloads_on_sighup() {
     // A key that does not match the certificate is refused the same way.
     install(certs.path(), "first");
     std::fs::copy(certs.path().join("second.key"), &key).unwrap();
-    let failures = server.count_log("TLS certificate reload failed");
-    server.signal(1);
-    let start = std::time::Instant::now();
-    while server.count_log("TLS certificate reload failed") == failures {
-        assert!(start.elapsed() < Duration::from_secs(5), "{}", server.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sighup_until_logged(&server, "TLS certificate reload failed").await;
     assert_eq!(
         peer_cert(&connect(server.addr, &roots, &[b"h2"], all).await),
         second
@@ -389,4 +377,129 @@ async fn an_https_http2_download_survives_its_worker_being_replaced() {
     let got = std::fs::read(&out).unwrap();
     assert_eq!(got.len(), content.len());
     assert!(got == content, "the download differs");
+}
+
+/// Sends SIGHUP and waits (5 s at most) for one more `needle` in the log.
+async fn sighup_until_logged(server: &Server, needle: &str) {
+    let before = server.count_log(needle);
+    server.signal(1);
+    let start = std::time::Instant::now();
+    while server.count_log(needle) == before {
+        assert!(start.elapsed() < Duration::from_secs(5), "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A self-signed certificate for localhost expiring on `year`-01-01, as
+/// (DER, certificate PEM, key PEM).
+fn cert_until(year: i32) -> (CertificateDer<'static>, String, String) {
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    params.not_after = rcgen::date_time_ymd(year, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.der().clone(), cert.pem(), key.serialize_pem())
+}
+
+/// Points certbot's `live/example/NAME.pem` at `archive/example/NAMEn.pem`,
+/// the way a renewal does (a new symlink renamed over the old one).
+fn point(certs: &Path, name: &str, n: u32) {
+    let link = certs.join(format!("live/example/{name}.pem"));
+    let tmp = certs.join(format!("live/example/.{name}.tmp"));
+    std::os::unix::fs::symlink(format!("../../archive/example/{name}{n}.pem"), &tmp).unwrap();
+    std::fs::rename(&tmp, &link).unwrap();
+}
+
+async fn metric(admin: std::net::SocketAddr, series: &str) -> Option<String> {
+    let text = get(admin, "/metrics", None).await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ').map(str::to_owned))
+}
+
+#[tokio::test]
+async fn certbot_layout_is_served_and_reloaded_with_its_expiry_and_failures_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let (archive, live) = (
+        certs.path().join("archive/example"),
+        certs.path().join("live/example"),
+    );
+    std::fs::create_dir_all(&archive).unwrap();
+    std::fs::create_dir_all(&live).unwrap();
+    let renewal = |n: u32, year: i32| {
+        let (der, pem, key) = cert_until(year);
+        std::fs::write(archive.join(format!("fullchain{n}.pem")), pem).unwrap();
+        std::fs::write(archive.join(format!("privkey{n}.pem")), key).unwrap();
+        point(certs.path(), "fullchain", n);
+        point(certs.path(), "privkey", n);
+        der
+    };
+    let first = renewal(1, 2031);
+    let cert = live.join("fullchain.pem");
+    let key = live.join("privkey.pem");
+    let server = Server::start_with(
+        dir,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let admin = admin_addr(&server);
+    let all = &[&rustls::version::TLS13, &rustls::version::TLS12][..];
+    let expiry = "backupd_tls_certificate_expiry_timestamp_seconds";
+    let tls_failures = r#"backupd_reload_failures_total{file="tls_certificate"}"#;
+    let credential_failures = r#"backupd_reload_failures_total{file="credentials"}"#;
+    assert_eq!(
+        peer_cert(&connect(server.addr, std::slice::from_ref(&first), &[b"h2"], all).await),
+        first
+    );
+    // 2031-01-01T00:00:00Z
+    assert_eq!(metric(admin, expiry).await.as_deref(), Some("1924992000"));
+    assert_eq!(metric(admin, tls_failures).await.as_deref(), Some("0"));
+    assert_eq!(
+        metric(admin, credential_failures).await.as_deref(),
+        Some("0")
+    );
+
+    // A renewal: new files in archive/, the live/ links re-pointed, SIGHUP.
+    let second = renewal(2, 2032);
+    sighup_until_logged(&server, "TLS certificate reloaded").await;
+    let roots = [first.clone(), second.clone()];
+    assert_eq!(
+        peer_cert(&connect(server.addr, &roots, &[b"h2"], all).await),
+        second
+    );
+    assert_eq!(metric(admin, expiry).await.as_deref(), Some("1956528000"));
+
+    // A broken renewal keeps the certificate served, and is counted.
+    std::fs::write(archive.join("fullchain3.pem"), b"not a certificate\n").unwrap();
+    point(certs.path(), "fullchain", 3);
+    sighup_until_logged(&server, "TLS certificate reload failed").await;
+    assert_eq!(
+        peer_cert(&connect(server.addr, &roots, &[b"http/1.1"], all).await),
+        second
+    );
+    assert_eq!(metric(admin, tls_failures).await.as_deref(), Some("1"));
+    assert_eq!(metric(admin, expiry).await.as_deref(), Some("1956528000"));
+
+    // So is a credentials file that stops parsing.
+    std::fs::write(
+        server.data().join("credentials"),
+        b"this is not a credentials line\n",
+    )
+    .unwrap();
+    assert!(
+        server.wait_for_log("credentials file is malformed", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        metric(admin, credential_failures).await.as_deref(),
+        Some("1")
+    );
 }

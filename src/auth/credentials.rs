@@ -520,6 +520,18 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+/// What a [`CredentialStore::reload`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// The file is as last read (or fails as it last failed: counted once).
+    Unchanged,
+    /// A new content is in use.
+    Reloaded,
+    /// The file changed (or went missing) and cannot be used: the previous
+    /// credentials stay.
+    Failed,
+}
+
 /// The credentials the running server checks against, reloaded when the file
 /// changes. A file that turns out malformed or unreadable leaves the previous
 /// credentials in force.
@@ -534,6 +546,8 @@ pub struct CredentialStore {
     dir: Option<Dir>,
     /// What the file looked like when it was last read.
     stamp: Mutex<Option<Stamp>>,
+    /// Reloads that failed (see [`reload_failures`](Self::reload_failures)).
+    failures: std::sync::atomic::AtomicU64,
 }
 
 /// What identifies one version of the credentials file: `systems add` and
@@ -564,6 +578,7 @@ impl CredentialStore {
             last_seen: Mutex::new(Some(Sha256::digest(&bytes).into())),
             dir,
             stamp: Mutex::new(stamp),
+            failures: Default::default(),
         };
         store.warn_if_exposed();
         Ok(store)
@@ -617,7 +632,21 @@ impl CredentialStore {
     /// Re-reads the file and swaps in its content if it changed and parses.
     /// `forced` (SIGHUP) logs the outcome even when nothing changed.
     /// Blocking: call from a blocking thread.
-    pub fn reload(&self, forced: bool) {
+    pub fn reload(&self, forced: bool) -> Reload {
+        let outcome = self.reload_inner(forced);
+        if outcome == Reload::Failed {
+            self.failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        outcome
+    }
+
+    /// Reloads that failed so far (each failing content or error once).
+    pub fn reload_failures(&self) -> u64 {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn reload_inner(&self, forced: bool) -> Reload {
         // Noted before reading: a change made during the read shows as a
         // different stamp next time.
         if let Some(dir) = &self.dir {
@@ -627,25 +656,23 @@ impl CredentialStore {
         let bytes = match self.file.read() {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
-                self.note_failure(
+                return self.note_failure(
                     b"missing",
                     "credentials file is missing; keeping the previous credentials",
                     forced,
                 );
-                return;
             }
             Err(e) => {
                 let reason =
                     format!("cannot read credentials file ({e}); keeping the previous credentials");
-                self.note_failure(e.to_string().as_bytes(), &reason, forced);
-                return;
+                return self.note_failure(e.to_string().as_bytes(), &reason, forced);
             }
         };
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
         {
             let mut last = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
             if *last == Some(digest) && !forced {
-                return;
+                return Reload::Unchanged;
             }
             *last = Some(digest);
         }
@@ -655,22 +682,28 @@ impl CredentialStore {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(creds);
                 tracing::info!(path = %self.file.display(), systems = count, "credentials reloaded");
                 self.warn_if_exposed();
+                Reload::Reloaded
             }
-            Err(e) => tracing::error!(
-                path = %self.file.display(),
-                error = %e,
-                "credentials file is malformed; keeping the previous credentials"
-            ),
+            Err(e) => {
+                tracing::error!(
+                    path = %self.file.display(),
+                    error = %e,
+                    "credentials file is malformed; keeping the previous credentials"
+                );
+                Reload::Failed
+            }
         }
     }
 
-    fn note_failure(&self, key: &[u8], message: &str, forced: bool) {
+    fn note_failure(&self, key: &[u8], message: &str, forced: bool) -> Reload {
         let digest: [u8; 32] = Sha256::digest(key).into();
         let mut last = self.last_seen.lock().unwrap_or_else(|e| e.into_inner());
         if *last != Some(digest) || forced {
             *last = Some(digest);
             tracing::error!(path = %self.file.display(), "{message}");
+            return Reload::Failed;
         }
+        Reload::Unchanged
     }
 }
 

@@ -68,6 +68,10 @@ pub struct AuthFailure {
     pub reason: AuthError,
     /// The claimed name, sanitised; empty when there was none.
     pub claimed: String,
+    /// The registered system whose secret was wrong ([`AuthError::WrongSecret`]
+    /// only): the one failure that may be counted per system, since only a
+    /// registered name can be a metric label.
+    pub system: Option<SystemName>,
 }
 
 /// A claimed system name as the log may carry it: every byte outside
@@ -167,6 +171,7 @@ pub fn authenticate(
     let fail = |reason, claimed: &[u8]| AuthFailure {
         reason,
         claimed: loggable_claim(claimed),
+        system: None,
     };
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let value = values.next().ok_or(fail(AuthError::Missing, b""))?;
@@ -181,7 +186,13 @@ pub fn authenticate(
                 Rejection::UnknownSystem => AuthError::UnknownSystem,
                 Rejection::WrongSecret => AuthError::WrongSecret,
             };
-            fail(reason, &presented.user)
+            AuthFailure {
+                system: std::str::from_utf8(&presented.user)
+                    .ok()
+                    .filter(|_| reason == AuthError::WrongSecret)
+                    .and_then(|user| user.parse().ok()),
+                ..fail(reason, &presented.user)
+            }
         })
 }
 

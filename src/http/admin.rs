@@ -79,7 +79,13 @@ async fn answer<B>(app: Arc<App>, req: Request<B>) -> Result<Response<Body>, Inf
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            app.metrics.render(),
+            {
+                app.metrics.reload_failures(
+                    crate::metrics::Reloaded::Credentials,
+                    app.credentials.reload_failures(),
+                );
+                app.metrics.render()
+            },
         ),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         (&Method::GET, "/readyz") => {

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod certificate;
 pub mod ranges;
 pub mod routes;
 pub mod server;

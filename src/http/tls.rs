@@ -2,6 +2,7 @@
 //! certificate that SIGHUP replaces without dropping connections.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustls::crypto::CryptoProvider;
@@ -23,6 +24,9 @@ pub struct Tls {
     key: FilePath,
     current: Arc<CurrentCert>,
     acceptor: TlsAcceptor,
+    /// When the served certificate expires (Unix seconds; 0 when its DER
+    /// could not be read).
+    expiry: AtomicU64,
 }
 
 /// The certificate handed to each new handshake; swapped by [`Tls::reload`].
@@ -59,10 +63,20 @@ fn load(cert: &FilePath, key: &FilePath) -> Result<CertifiedKey, String> {
         .map_err(|e| format!("certificate and key: {e}"))
 }
 
+/// The leaf certificate's `notAfter`, 0 when it cannot be read.
+fn expiry_of(pair: &CertifiedKey) -> u64 {
+    pair.cert
+        .first()
+        .and_then(|leaf| crate::http::certificate::not_after(leaf))
+        .unwrap_or(0)
+}
+
 impl Tls {
     /// Loads the pair; an error stops start-up.
     pub fn new(cert: FilePath, key: FilePath) -> Result<Self, String> {
-        let current = Arc::new(CurrentCert(RwLock::new(Arc::new(load(&cert, &key)?))));
+        let pair = load(&cert, &key)?;
+        let expiry = AtomicU64::new(expiry_of(&pair));
+        let current = Arc::new(CurrentCert(RwLock::new(Arc::new(pair))));
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&version::TLS13, &version::TLS12])
             .map_err(|e| e.to_string())?
@@ -75,7 +89,13 @@ impl Tls {
             key,
             current,
             acceptor,
+            expiry,
         })
+    }
+
+    /// When the certificate served now expires (Unix seconds; 0: unknown).
+    pub fn expiry(&self) -> u64 {
+        self.expiry.load(Ordering::Relaxed)
     }
 
     /// The acceptor that wraps each accepted socket.
@@ -93,6 +113,7 @@ impl Tls {
     pub fn reload(&self) -> io::Result<()> {
         match load(&self.cert, &self.key) {
             Ok(pair) => {
+                self.expiry.store(expiry_of(&pair), Ordering::Relaxed);
                 *self.current.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(pair);
                 tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
                 Ok(())

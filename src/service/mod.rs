@@ -21,7 +21,7 @@ use crate::config::{DOWNLOAD_RETRY_AFTER_SECONDS, Policy};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::storage::metadata::BackupInfo;
-use crate::storage::{Backup, BodyLength, Storage, StoreError};
+use crate::storage::{Backup, BodyLength, Holding, Storage, StoreError};
 use crate::system_name::SystemName;
 use limits::{DownloadSlot, DownloadSlots, UploadRateLimiter};
 use upload::{ExpectedDigest, ReceiveError, StreamLimits};
@@ -64,8 +64,15 @@ impl App {
             policy,
             uploads,
             downloads: DownloadSlots::new(policy.max_downloads_per_system),
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(Metrics::new(true)),
         }
+    }
+
+    /// Drops the per-system series from `/metrics` (very large fleets:
+    /// see [`crate::metrics::SERIES_PER_SYSTEM`]).
+    pub fn without_per_system_metrics(mut self) -> Self {
+        self.metrics = Arc::new(Metrics::new(false));
+        self
     }
 
     /// The system a request's headers authenticate, against the
@@ -93,7 +100,8 @@ impl App {
                     reason = failure.reason.as_str(),
                     "authentication failed"
                 );
-                self.metrics.auth_failure(failure.reason);
+                self.metrics
+                    .auth_failure(failure.reason, failure.system.as_ref());
                 Err(Error::Unauthorized)
             }
         }
@@ -153,6 +161,7 @@ impl App {
             .await
             .map_err(|e| self.storage_error(e, system))?;
         tracing::info!(system = %system, id = %id, "backup deleted");
+        self.note_holding(system).await;
         Ok(())
     }
 
@@ -264,7 +273,7 @@ impl App {
             .await
             .map_err(|e| self.storage_error(e, system))?;
         tracing::info!(system = %system, id = %id, size = declared, "backup stored");
-        self.metrics.upload(declared);
+        self.metrics.upload(system, declared);
         if policy.retention_count > 0 || policy.retention_bytes > 0 {
             match self
                 .storage
@@ -281,7 +290,43 @@ impl App {
                 Err(e) => tracing::error!(system = %system, error = ?e, "retention failed"),
             }
         }
+        self.note_holding(system).await;
         Ok(info)
+    }
+
+    /// Tells the per-system metrics what `system` holds now (after this
+    /// server changed it); one list of the system, and only when those
+    /// metrics are on.
+    async fn note_holding(&self, system: &SystemName) {
+        if self.metrics.per_system() {
+            let held = match self.storage.list(system).await {
+                Ok(backups) => Holding::of(&backups),
+                Err(StoreError::NotFound) => Holding::default(),
+                Err(_) => return,
+            };
+            self.metrics.held(system, held);
+        }
+    }
+
+    /// Re-reads what every registered system holds, for the per-system
+    /// metrics (one list per system).
+    /// Between two scans a replica's own uploads and deletes keep its
+    /// figures current; another replica's show at the next scan.
+    pub async fn scan_inventory(&self) {
+        if !self.metrics.per_system() {
+            return;
+        }
+        let names = self.credentials.fresh().names();
+        let mut held = Vec::with_capacity(names.len());
+        for name in names {
+            let holding = match self.storage.list(&name).await {
+                Ok(backups) => Some(Holding::of(&backups)),
+                Err(StoreError::NotFound) => Some(Holding::default()),
+                Err(_) => None,
+            };
+            held.push((name, holding));
+        }
+        self.metrics.inventory(held);
     }
 
     /// How many bytes a body without a length may grow to before it is

@@ -21,10 +21,10 @@ use rustix::io::{Errno, ReadWriteFlags};
 
 use crate::backup_id::BackupId;
 use crate::sandbox::DirPath;
-use crate::storage::StoreError;
 use crate::storage::metadata::{
     BackupInfo, MAX_CACHED_SIDECARS, MAX_SIDECAR_BYTES, SIDECAR_CACHE_TTL, sidecar_name,
 };
+use crate::storage::{Holding, StoreError};
 use crate::system_name::SystemName;
 
 /// Prefix of an upload's temporary file. It starts with a dot, so no
@@ -48,6 +48,15 @@ impl From<io::Error> for StoreError {
     fn from(e: io::Error) -> Self {
         classify(e)
     }
+}
+
+/// Room on the storage root's filesystem, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Free to an unprivileged writer.
+    pub free: u64,
+    /// The filesystem's size.
+    pub size: u64,
 }
 
 /// The directory in use as storage root, with its identity.
@@ -134,6 +143,18 @@ impl FsStore {
             })
     }
 
+    /// The free and total bytes of the filesystem the root is on (what an
+    /// unprivileged user may still write, as `df` shows it), if the root is
+    /// usable. Blocking (one `fstatvfs`).
+    pub fn space(&self) -> Option<Space> {
+        let root = self.root_dir().ok()?;
+        let stat = rustix::fs::fstatvfs(root.as_fd()).ok()?;
+        Some(Space {
+            free: stat.f_bavail.saturating_mul(stat.f_frsize),
+            size: stat.f_blocks.saturating_mul(stat.f_frsize),
+        })
+    }
+
     /// Re-opens the root by path and swaps it in if it is a different
     /// directory from the one in use (or drops it if the path no longer opens).
     /// Logs each transition once. Blocking.
@@ -198,11 +219,19 @@ impl FsStore {
         let mut swept = self.swept.lock().unwrap_or_else(|e| e.into_inner());
         if !*swept {
             *swept = true;
-            let removed = sweep_partials(root);
-            if removed > 0 {
+            let swept = sweep_partials(root);
+            if swept.removed > 0 {
                 tracing::info!(
-                    removed,
+                    removed = swept.removed,
                     "removed partial uploads and orphaned upload records left by an earlier run"
+                );
+            }
+            if swept.unrecognised > 0 {
+                tracing::warn!(
+                    files = swept.unrecognised,
+                    systems = swept.systems_with_unrecognised,
+                    example = swept.example.as_deref().unwrap_or_default(),
+                    "files in system directories are not named by a backup id and are never served or listed; bring them in with backupd import"
                 );
             }
         }
@@ -877,30 +906,14 @@ fn open_backup(dir: &Dir, id: &BackupId) -> Result<Backup, StoreError> {
     })
 }
 
-/// What one system holds: how many backups, their bytes, and when the
-/// newest (by id) was stored. Blocking; for the `systems list` command.
+/// What one system holds (see [`Holding`]). Blocking; for the `systems
+/// list` command.
 pub fn summarize(root: &Dir, system: &SystemName) -> Result<Holding, StoreError> {
-    let backups = match open_system(root, system) {
-        Ok(dir) => list_backups(&dir)?,
-        Err(StoreError::NotFound) => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    Ok(Holding {
-        backups: backups.len() as u64,
-        bytes: backups.iter().map(|b| b.size).sum(),
-        newest: backups.last().map(|b| b.uploaded_at),
-    })
-}
-
-/// What one system holds (see [`summarize`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Holding {
-    /// Backups held.
-    pub backups: u64,
-    /// Their bytes.
-    pub bytes: u64,
-    /// When the newest was stored (its upload record, or the file's time).
-    pub newest: Option<SystemTime>,
+    match open_system(root, system) {
+        Ok(dir) => Ok(Holding::of(&list_backups(&dir)?)),
+        Err(StoreError::NotFound) => Ok(Holding::default()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Every regular file in `dir` whose name is a backup id, oldest first.
@@ -944,15 +957,31 @@ pub fn sync_dir(dir: &Dir) -> io::Result<()> {
     dir.open(".")?.sync_all()
 }
 
+/// What [`sweep_partials`] found.
+#[derive(Debug, Default)]
+struct Swept {
+    /// Partial uploads and orphaned records removed.
+    removed: usize,
+    /// Entries that are neither a backup, its record nor a partial upload
+    /// (files dropped in under other names): never served, so reported.
+    unrecognised: usize,
+    /// Systems holding any of those.
+    systems_with_unrecognised: usize,
+    /// One of them, `SYSTEM/NAME` (the name sanitised like a claimed
+    /// system name), for the log.
+    example: Option<String>,
+}
+
 /// Removes what a crash can leave in every system directory: `.upload-*`
 /// files (uploads in progress, and their records before the rename), and
 /// upload records `.<id>.meta` whose backup is not there (a crash between
-/// the record's rename and the backup's). How many.
-fn sweep_partials(root: &Dir) -> usize {
+/// the record's rename and the backup's); counts what is there under any
+/// other name.
+fn sweep_partials(root: &Dir) -> Swept {
+    let mut swept = Swept::default();
     let Ok(systems) = root.entries() else {
-        return 0;
+        return swept;
     };
-    let mut removed = 0;
     for system in systems.flatten() {
         let Some(name) = system
             .file_name()
@@ -965,8 +994,26 @@ fn sweep_partials(root: &Dir) -> usize {
             continue;
         };
         let Ok(entries) = dir.entries() else { continue };
+        let mut unrecognised = 0;
         for entry in entries.flatten() {
             let file_name = entry.file_name();
+            let known = file_name.to_str().is_some_and(|n| {
+                n.starts_with(PARTIAL_PREFIX)
+                    || n.parse::<BackupId>().is_ok()
+                    || n.strip_prefix('.')
+                        .and_then(|n| n.strip_suffix(".meta"))
+                        .is_some_and(|id| id.parse::<BackupId>().is_ok())
+            });
+            if !known {
+                unrecognised += 1;
+                swept.example.get_or_insert_with(|| {
+                    format!(
+                        "{name}/{}",
+                        crate::auth::loggable_claim(file_name.as_encoded_bytes())
+                    )
+                });
+                continue;
+            }
             let Some(name) = file_name.to_str() else {
                 continue;
             };
@@ -980,11 +1027,13 @@ fn sweep_partials(root: &Dir) -> usize {
             if (name.starts_with(PARTIAL_PREFIX) || orphan_record)
                 && dir.remove_file(&file_name).is_ok()
             {
-                removed += 1;
+                swept.removed += 1;
             }
         }
+        swept.unrecognised += unrecognised;
+        swept.systems_with_unrecognised += usize::from(unrecognised > 0);
     }
-    removed
+    swept
 }
 
 #[cfg(test)]

@@ -39,6 +39,32 @@ impl BodyLength {
     }
 }
 
+/// What one system holds: how many backups, their bytes, and when the
+/// newest (by id) was stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Holding {
+    /// Backups held.
+    pub backups: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// When the newest was stored (its upload record, or the file's time).
+    pub newest: Option<std::time::SystemTime>,
+}
+
+impl Holding {
+    /// The sum of `backups`, in any order.
+    pub fn of(backups: &[BackupInfo]) -> Self {
+        Holding {
+            backups: backups.len() as u64,
+            bytes: backups.iter().map(|b| b.size).sum(),
+            newest: backups
+                .iter()
+                .max_by_key(|b| b.id.uuid())
+                .map(|b| b.uploaded_at),
+        }
+    }
+}
+
 /// A backup opened for a download.
 pub enum Backup {
     /// A file, open (it stays the same file even if renamed or replaced).
