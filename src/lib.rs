@@ -31,7 +31,9 @@
 //! * [`confine`]: the Landlock self-sandbox applied after start-up.
 //! * [`supervise`]: the unconfined parent that holds the sockets and runs
 //!   the server in a sandboxed worker, replaced when the storage root is.
-//! * [`systems`]: the `backupd systems add|remove|list` commands.
+//! * [`systems`]: the `backupd systems add|remove|rotate|list` commands.
+//! * [`maintenance`]: `backupd import|verify|prune`, through the same
+//!   storage boundary and upload pipeline as the server.
 //!
 //! [`http`]: [`http::server`] (the accept loop: connection cap, idle rule,
 //! graceful drain, lingering close, one runtime per core), [`http::routes`]
@@ -59,6 +61,7 @@ pub mod config;
 pub mod confine;
 pub mod error;
 pub mod http;
+pub mod maintenance;
 pub mod metrics;
 pub mod sandbox;
 pub mod service;

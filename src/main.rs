@@ -125,6 +125,45 @@ enum Command {
     /// Manage the systems that may connect.
     #[command(subcommand)]
     Systems(SystemsCommand),
+    /// Store existing files as backups of a system, the way an upload would
+    /// (id from each file's modification time, SHA-256 recorded; a file
+    /// the system already holds, by SHA-256, is skipped).
+    Import {
+        /// The registered system the files belong to.
+        #[arg(allow_hyphen_values = true)]
+        name: String,
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Say what would be stored; store nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Recompute the SHA-256 of every backup that has one recorded; exits 4
+    /// when any does not match.
+    Verify {
+        /// Only this system [default: every registered one].
+        #[arg(allow_hyphen_values = true)]
+        name: Option<String>,
+        /// Most bytes read per second, so serving keeps its speed; 0 = no
+        /// limit.
+        #[arg(long, default_value_t = backupd::maintenance::DEFAULT_VERIFY_BYTES_PER_SECOND)]
+        max_rate: u64,
+    },
+    /// Apply the retention policy now (never removing a system's newest
+    /// backup): after changing it, or when a full disk refuses the uploads
+    /// that would have applied it.
+    Prune {
+        /// Only this system [default: every registered one].
+        #[arg(allow_hyphen_values = true)]
+        name: Option<String>,
+        /// Backups kept per system; 0 = keep all.
+        #[arg(long, env = "BACKUPD_RETENTION_COUNT", default_value_t = config::DEFAULT_RETENTION_COUNT)]
+        retention_count: u32,
+        /// Bytes of backups kept per system; 0 = no limit.
+        #[arg(long, env = "BACKUPD_RETENTION_BYTES", default_value_t = 0)]
+        retention_bytes: u64,
+    },
 }
 
 #[derive(Args)]
@@ -330,6 +369,109 @@ fn main() -> ExitCode {
             per_system_metrics: !args.no_per_system_metrics,
         }),
         Command::Systems(command) => manage(&locations, command),
+        Command::Import {
+            name,
+            files,
+            dry_run,
+        } => import(&locations, &name, &files, dry_run),
+        Command::Verify { name, max_rate } => verify(&locations, name.as_deref(), max_rate),
+        Command::Prune {
+            name,
+            retention_count,
+            retention_bytes,
+        } => prune(
+            &locations,
+            name.as_deref(),
+            retention_count,
+            retention_bytes,
+        ),
+    }
+}
+
+/// Exit code of `verify` when a backup does not match its SHA-256.
+const MISMATCH_EXIT: u8 = 4;
+
+fn import(locations: &Locations, name: &str, files: &[PathBuf], dry_run: bool) -> ExitCode {
+    use backupd::maintenance::Imported;
+    let outcomes = match backupd::maintenance::import(locations, name, files, dry_run) {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            eprintln!("backupd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for outcome in outcomes {
+        match outcome {
+            Imported::Stored(path, id, size, sha) => println!(
+                "imported {} as {id} ({size} bytes, sha256 {})",
+                path.display(),
+                backupd::storage::metadata::hex(sha)
+            ),
+            Imported::WouldStore(path, id, size, _) => {
+                println!("would import {} as {id} ({size} bytes)", path.display())
+            }
+            Imported::Skipped(path, id) => println!(
+                "skipped {}: {name} already holds it as {id} (same SHA-256)",
+                path.display()
+            ),
+            Imported::Failed(path, why) => {
+                failed = true;
+                eprintln!("backupd: {}: not imported: {why}", path.display());
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn verify(locations: &Locations, name: Option<&str>, max_rate: u64) -> ExitCode {
+    let found = match backupd::maintenance::verify(locations, name, max_rate) {
+        Ok(found) => found,
+        Err(e) => {
+            eprintln!("backupd: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for (system, id, recorded, now) in &found.mismatches {
+        println!("MISMATCH {system}/{id}: recorded sha256 {recorded}, content now {now}");
+    }
+    for error in &found.errors {
+        eprintln!("backupd: {error}");
+    }
+    eprintln!(
+        "verified {} backups ({} bytes): {} mismatched, {} without a recorded SHA-256 (not checked), {} unreadable",
+        found.matched,
+        found.bytes,
+        found.mismatches.len(),
+        found.unrecorded,
+        found.errors.len()
+    );
+    if !found.mismatches.is_empty() {
+        ExitCode::from(MISMATCH_EXIT)
+    } else if !found.errors.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn prune(locations: &Locations, name: Option<&str>, count: u32, bytes: u64) -> ExitCode {
+    match backupd::maintenance::prune(locations, name, count, bytes) {
+        Ok(pruned) => {
+            for (system, id) in &pruned {
+                println!("pruned {system}/{id}");
+            }
+            eprintln!("pruned {} backups", pruned.len());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("backupd: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -32,12 +32,28 @@ impl DirPath {
     /// Opens the directory, creating it (and its parents) first when `create`
     /// is true. Called at start-up, and again by the watchers that notice a
     /// storage root or credentials directory replaced while running.
+    ///
+    /// A directory it creates is owned like its parent when running as
+    /// root (see [`own_like`]): root's first `systems add` must not leave a
+    /// storage root the service's user cannot write.
     pub fn open(&self, create: bool) -> io::Result<Dir> {
         let authority = ambient_authority();
+        let missing = create && !self.path.is_dir();
         if create {
             Dir::create_ambient_dir_all(&self.path, authority)?;
         }
-        Dir::open_ambient_dir(&self.path, authority)
+        let dir = Dir::open_ambient_dir(&self.path, authority)?;
+        if missing {
+            let parent = match self.path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            own_like(
+                &Dir::open_ambient_dir(parent, authority)?,
+                rustix::fd::AsFd::as_fd(&dir),
+            )?;
+        }
+        Ok(dir)
     }
 }
 
@@ -98,6 +114,12 @@ impl FilePath {
         FilePath::new(&std::fs::canonicalize(self.dir.path.join(&self.name))?)
     }
 
+    /// Opens the file the path names now, for reading.
+    pub fn open(&self) -> io::Result<std::fs::File> {
+        let real = self.resolve()?;
+        Ok(real.dir.open(false)?.open(&real.name)?.into_std())
+    }
+
     /// Reads the whole file, refusing one larger than `max` bytes.
     pub fn read(&self, max: u64) -> io::Result<Vec<u8>> {
         use std::io::Read;
@@ -113,4 +135,31 @@ impl FilePath {
         }
         Ok(bytes)
     }
+}
+
+/// Gives what the process just created in `dir` (the open `created`) the
+/// owner and group of `dir` itself, when running as root: `systems`,
+/// `import` and the other commands run by root beside a server that runs
+/// as its own user (the shipped unit's `DynamicUser`) then leave files that
+/// user can still read and replace. Not root, or `dir` owned by root:
+/// nothing to do (files are created owned by the process, as always).
+pub fn own_like(dir: &Dir, created: rustix::fd::BorrowedFd<'_>) -> io::Result<()> {
+    use cap_std::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let meta = dir.dir_metadata()?;
+    if meta.uid() == 0 && meta.gid() == 0 {
+        return Ok(());
+    }
+    // By descriptor with AT_EMPTY_PATH: works for cap-std's O_PATH
+    // directory handles too, where fchown would be EBADF.
+    rustix::fs::chownat(
+        created,
+        "",
+        Some(rustix::fs::Uid::from_raw(meta.uid())),
+        Some(rustix::fs::Gid::from_raw(meta.gid())),
+        rustix::fs::AtFlags::EMPTY_PATH,
+    )
+    .map_err(io::Error::from)
 }

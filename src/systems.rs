@@ -13,11 +13,12 @@ use cap_std::fs::Dir;
 
 use crate::auth::credentials::{Credentials, CredentialsFile, LoadError};
 use crate::backup_id::BackupId;
-use crate::sandbox::DirPath;
+use crate::sandbox::{DirPath, own_like};
 use crate::storage::Holding;
 use crate::storage::fs::{mark_root, summarize, sync_dir};
 use crate::storage::s3::config::Location;
 use crate::system_name::{InvalidSystemName, SystemName};
+use rustix::fd::AsFd;
 
 /// Where the credentials file and the storage root are.
 #[derive(Debug, Clone)]
@@ -171,6 +172,12 @@ pub fn add(loc: &Locations, name: &str, adopt: bool) -> Result<String, CommandEr
     })?;
     let created = match storage.create_dir(name.as_str()) {
         Ok(()) => {
+            storage
+                .open_dir_nofollow(name.as_str())
+                .and_then(|dir| own_like(&storage, dir.as_fd()))
+                .map_err(|e| {
+                    CommandError::Io("cannot give the storage directory its owner".into(), e)
+                })?;
             sync_dir(&storage)
                 .map_err(|e| CommandError::Io("cannot sync the storage root".into(), e))?;
             true
@@ -309,6 +316,24 @@ pub fn list(loc: &Locations) -> Result<Vec<(SystemName, Option<Holding>)>, Comma
     let creds = file
         .load()
         .map_err(|e| CommandError::Credentials(file.display(), e))?;
+    if Location::of(&loc.storage).is_some() {
+        // An object store: one list per system, through the storage
+        // boundary (as `import` and the server's scan do).
+        let storage = crate::maintenance::open_storage(loc)?;
+        let runtime = crate::maintenance::runtime()?;
+        return Ok(creds
+            .names()
+            .into_iter()
+            .map(|name| {
+                let holding = match runtime.block_on(storage.list(&name)) {
+                    Ok(backups) => Some(Holding::of(&backups)),
+                    Err(crate::storage::StoreError::NotFound) => Some(Holding::default()),
+                    Err(_) => None,
+                };
+                (name, holding)
+            })
+            .collect());
+    }
     let storage = DirPath::new(&loc.storage).open(false).ok();
     Ok(creds
         .names()

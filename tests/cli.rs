@@ -675,3 +675,212 @@ for line in sys.stdin:
     // Neither server bound --listen's port.
     assert!(!server_log().contains("cannot listen"), "{}", server_log());
 }
+
+#[tokio::test]
+async fn import_verify_and_prune_work_beside_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_with(dir, &[]);
+    let secret = server.add_system("fw1");
+    let auth = basic("fw1", &secret);
+    let inbox = tempfile::tempdir().unwrap();
+    let old: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let new: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(inbox.path().join("fw1 2026-11-01.tgz"), &old).unwrap();
+    std::fs::write(inbox.path().join("nightly.tar.gpg"), &new).unwrap();
+    std::fs::write(inbox.path().join("copy.bin"), &new).unwrap();
+    let set_mtime = |name: &str, unix: i64| {
+        let status = Command::new("touch")
+            .arg("-d")
+            .arg(format!("@{unix}"))
+            .arg(inbox.path().join(name))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    set_mtime("fw1 2026-11-01.tgz", 1_761_966_000); // 2025-11-01T03:00:00Z
+    set_mtime("nightly.tar.gpg", 1_762_052_400); // a day later
+    let files = |names: &[&str]| -> Vec<String> {
+        names
+            .iter()
+            .map(|n| inbox.path().join(n).display().to_string())
+            .collect()
+    };
+    let args = |cmd: &[&str], names: &[&str]| -> Vec<String> {
+        cmd.iter()
+            .map(|s| s.to_string())
+            .chain(files(names))
+            .collect()
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(server.data(), &refs)
+    };
+    let all = ["fw1 2026-11-01.tgz", "nightly.tar.gpg", "copy.bin"];
+
+    // A dry run stores nothing; an unregistered system is refused.
+    let (code, out, err) = run(args(&["import", "fw1", "--dry-run"], &all));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.matches("would import").count(), 2, "{out}");
+    assert_eq!(
+        out.matches("skipped").count(),
+        1,
+        "the copy is a duplicate: {out}"
+    );
+    assert!(server.stored_backups("fw1").is_empty());
+    let (code, _, err) = run(args(&["import", "nobody"], &all));
+    assert_ne!(code, 0);
+    assert!(err.contains("no system named nobody"), "{err}");
+
+    let (code, out, err) = run(args(&["import", "fw1"], &all));
+    assert_eq!(code, 0, "{err}");
+    let imported: Vec<(String, String)> = out
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("imported ")?;
+            let (path, rest) = rest.split_once(" as ")?;
+            Some((path.to_owned(), rest.split(' ').next()?.to_owned()))
+        })
+        .collect();
+    assert_eq!(imported.len(), 2, "{out}");
+    let old_id = &imported[0].1;
+    let new_id = &imported[1].1;
+    // The id carries the file's time and the extension its name maps to.
+    assert!(
+        old_id.ends_with(".tar.gz") && new_id.ends_with(".gpg"),
+        "{out}"
+    );
+    let ms = |id: &str| u64::from_str_radix(&id.replace('-', "")[..12], 16).unwrap();
+    assert_eq!(ms(old_id), 1_761_966_000_000);
+    assert_eq!(ms(new_id), 1_762_052_400_000);
+    // Served like an upload: same bytes, digest, name; listed.
+    let got = get(server.addr, &backup_path(old_id), Some(&auth)).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(got.body == old);
+    let sha = base64::engine::general_purpose::STANDARD
+        .encode(<sha2::Sha256 as sha2::Digest>::digest(&old));
+    assert_eq!(
+        got.header("repr-digest"),
+        Some(format!("sha-256=:{sha}:").as_str())
+    );
+    assert!(
+        got.header("content-disposition")
+            .is_some_and(|d| d.contains("fw1_2026-11-01.tgz")),
+        "{:?}",
+        got.header("content-disposition")
+    );
+    let list = get(server.addr, "/api/systems/backups", Some(&auth)).await;
+    let listed = json(&list);
+    assert_eq!(
+        listed["data"]["backups"].as_array().unwrap().len(),
+        2,
+        "{listed}"
+    );
+    // Importing again stores nothing twice.
+    let (code, out, _) = run(args(&["import", "fw1"], &all));
+    assert_eq!(code, 0);
+    assert_eq!(out.matches("skipped").count(), 3, "{out}");
+    assert_eq!(server.stored_backups("fw1").len(), 2);
+
+    // verify: all match; one flipped byte is named, exit 4.
+    let (code, out, err) = run(vec!["verify".into()]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert!(
+        err.contains("verified 2 backups (500000 bytes): 0 mismatched"),
+        "{err}"
+    );
+    let path = server.storage().join("fw1").join(new_id);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[1234] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let (code, out, err) = run(vec![
+        "verify".into(),
+        "fw1".into(),
+        "--max-rate".into(),
+        "1000000".into(),
+    ]);
+    assert_eq!(code, 4, "{out}{err}");
+    assert!(
+        out.starts_with(&format!("MISMATCH fw1/{new_id}: ")),
+        "{out}"
+    );
+    assert!(err.contains("1 mismatched"), "{err}");
+
+    // prune: the policy now, never the newest.
+    let (code, out, err) = run(vec!["prune".into(), "--retention-count".into(), "1".into()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("pruned fw1/{old_id}"));
+    assert_eq!(server.stored_backups("fw1"), vec![new_id.clone()]);
+    let (code, out, _) = run(vec!["prune".into(), "--retention-count".into(), "1".into()]);
+    assert_eq!((code, out.as_str()), (0, ""));
+}
+
+#[tokio::test]
+async fn commands_run_as_root_keep_the_service_users_ownership() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root (CI runs as root)");
+        return;
+    }
+    const SERVICE: u32 = 4321;
+    let dir = tempfile::tempdir().unwrap();
+    // The service's user must reach its data dir, as under /var/lib.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&data, Some(SERVICE), Some(SERVICE)).unwrap();
+    let owner = |path: &std::path::Path| {
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        (meta.uid(), meta.gid(), meta.mode() & 0o7777)
+    };
+
+    let (code, secret, err) = cli(&data, &["systems", "add", "fw1"]);
+    assert_eq!(code, 0, "{err}");
+    let secret = secret.trim().to_owned();
+    assert_eq!(owner(&data.join("credentials")), (SERVICE, SERVICE, 0o600));
+    assert_eq!(owner(&data.join("backups")).0, SERVICE);
+    assert_eq!(owner(&data.join("backups/fw1")).0, SERVICE);
+    assert_eq!(owner(&data.join("backups/.backupd-root")).0, SERVICE);
+    assert_eq!(owner(&data.join(".credentials.lock")).0, SERVICE);
+    // An operator's choice of group and mode is kept too.
+    std::os::unix::fs::chown(data.join("credentials"), None, Some(SERVICE + 1)).unwrap();
+    std::fs::set_permissions(
+        data.join("credentials"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    assert_eq!(cli(&data, &["systems", "add", "fw2"]).0, 0);
+    assert_eq!(cli(&data, &["systems", "remove", "fw2"]).0, 0);
+    assert_eq!(
+        owner(&data.join("credentials")),
+        (SERVICE, SERVICE + 1, 0o640)
+    );
+    let file = dir.path().join("nightly.tgz");
+    std::fs::write(&file, b"an old backup").unwrap();
+    let (code, out, err) = cli(&data, &["import", "fw1", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let id = out
+        .split(" as ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(owner(&data.join("backups/fw1").join(&id)).0, SERVICE);
+    assert_eq!(
+        owner(&data.join(format!("backups/fw1/.{id}.meta"))).0,
+        SERVICE
+    );
+
+    // The service, as its own user, reads all of it and serves the backup.
+    let mut command = serve_command(Command::new(bin()), &data, &[]);
+    std::os::unix::process::CommandExt::uid(&mut command, SERVICE);
+    std::os::unix::process::CommandExt::gid(&mut command, SERVICE);
+    let server = Server::launch(dir, command).unwrap_or_else(|log| panic!("{log}"));
+    let got = get(server.addr, &backup_path(&id), Some(&basic("fw1", &secret))).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", server.log());
+    assert_eq!(&got.body[..], b"an old backup");
+    let uploaded = upload(server.addr, Some(&basic("fw1", &secret)), vec![7; 100], &[]).await;
+    assert_eq!(uploaded.status, StatusCode::CREATED, "{}", server.log());
+}

@@ -450,6 +450,26 @@ impl CredentialsFile {
                 .truncate(true)
                 .mode(0o600),
         )?;
+        // The file keeps its owner, group and mode (root running `systems`
+        // for a server that runs as another user); a new one is owned like
+        // its directory, mode 0600.
+        match dir.metadata(self.file.name()) {
+            Ok(old) => {
+                use cap_std::fs::MetadataExt;
+                file.set_permissions(old.permissions())?;
+                if rustix::process::geteuid().is_root() {
+                    rustix::fs::fchown(
+                        &file,
+                        Some(rustix::fs::Uid::from_raw(old.uid())),
+                        Some(rustix::fs::Gid::from_raw(old.gid())),
+                    )?;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                crate::sandbox::own_like(&dir, rustix::fd::AsFd::as_fd(&file))?
+            }
+            Err(e) => return Err(e),
+        }
         file.write_all(creds.render().as_bytes())?;
         file.sync_all()?;
         drop(file);
@@ -474,6 +494,7 @@ impl CredentialsFile {
             self.temp_name(".lock"),
             OpenOptions::new().write(true).create(true).mode(0o600),
         )?;
+        crate::sandbox::own_like(&dir, rustix::fd::AsFd::as_fd(&lock))?;
         let lock = lock.into_std();
         lock.lock()?;
         Ok(lock)

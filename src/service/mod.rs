@@ -316,7 +316,7 @@ impl App {
         if !self.metrics.per_system() {
             return;
         }
-        let names = self.credentials.fresh().names();
+        let names = self.credentials.current().names();
         let mut held = Vec::with_capacity(names.len());
         for name in names {
             let holding = match self.storage.list(&name).await {

@@ -26,22 +26,39 @@ use crate::storage::{PartialUpload, StoreError};
 /// Longest stored file name, in bytes (a common filesystem's name limit).
 pub const MAX_FILENAME_BYTES: usize = 255;
 
-/// The extension a backup gets from the client's file name; `.bin` when it
-/// names none of the known ones.
+/// Other spellings of the known extensions, as tools write them: `.tgz`
+/// is a `.tar.gz`, and so on (uploads and `backupd import` alike).
+pub const EXTENSION_ALIASES: [(&str, Extension); 6] = [
+    ("tgz", Extension::TarGz),
+    ("txz", Extension::TarXz),
+    ("tbz", Extension::TarBz2),
+    ("tbz2", Extension::TarBz2),
+    ("tzst", Extension::TarZst),
+    ("pgp", Extension::Gpg),
+];
+
+/// The extension a backup gets from the client's file name (its own
+/// extensions, then [`EXTENSION_ALIASES`]); `.bin` when it names none of
+/// them.
 pub fn extension_for(filename: Option<&str>) -> Extension {
     let Some(name) = filename else {
         return Extension::Bin;
     };
-    [
+    let own = [
         Extension::TarGz,
         Extension::TarXz,
         Extension::TarBz2,
         Extension::TarZst,
         Extension::Gpg,
     ]
-    .into_iter()
-    .find(|ext| name.ends_with(&format!(".{}", ext.as_str())))
-    .unwrap_or(Extension::Bin)
+    .map(|ext| (ext.as_str(), ext));
+    own.into_iter()
+        .chain(EXTENSION_ALIASES)
+        .find(|(suffix, _)| {
+            name.strip_suffix(suffix)
+                .is_some_and(|rest| rest.ends_with('.'))
+        })
+        .map_or(Extension::Bin, |(_, ext)| ext)
 }
 
 /// The file name kept for a backup: the last path component of what the
@@ -357,6 +374,14 @@ mod tests {
         assert_eq!(extension_for(Some("x.tar.zst")), Extension::TarZst);
         assert_eq!(extension_for(Some("x.gpg")), Extension::Gpg);
         assert_eq!(extension_for(Some("x.tar")), Extension::Bin);
+        assert_eq!(extension_for(Some("nightly.tgz")), Extension::TarGz);
+        assert_eq!(extension_for(Some("a.txz")), Extension::TarXz);
+        assert_eq!(extension_for(Some("a.tbz")), Extension::TarBz2);
+        assert_eq!(extension_for(Some("a.tbz2")), Extension::TarBz2);
+        assert_eq!(extension_for(Some("a.tzst")), Extension::TarZst);
+        assert_eq!(extension_for(Some("a.pgp")), Extension::Gpg);
+        assert_eq!(extension_for(Some("tgz")), Extension::Bin);
+        assert_eq!(extension_for(Some("a.xtgz")), Extension::Bin);
         assert_eq!(extension_for(Some("x.TAR.GZ")), Extension::Bin);
         assert_eq!(extension_for(None), Extension::Bin);
     }

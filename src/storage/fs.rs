@@ -20,7 +20,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::{Errno, ReadWriteFlags};
 
 use crate::backup_id::BackupId;
-use crate::sandbox::DirPath;
+use crate::sandbox::{DirPath, own_like};
 use crate::storage::metadata::{
     BackupInfo, MAX_CACHED_SIDECARS, MAX_SIDECAR_BYTES, SIDECAR_CACHE_TTL, sidecar_name,
 };
@@ -116,6 +116,15 @@ impl FsStore {
             cached_opens: AtomicBool::new(true),
             sidecars: SidecarCache::default(),
         }
+    }
+
+    /// A store for a command run beside the server (`import`, `verify`,
+    /// `prune`): never created, and never swept of partial uploads, which
+    /// may be a running server's uploads in progress.
+    pub fn for_command(path: DirPath) -> Self {
+        let store = FsStore::new(path, false);
+        *store.swept.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        store
     }
 
     /// Where the root is, for messages.
@@ -351,6 +360,7 @@ impl FsStore {
                     OpenOptions::new().write(true).create_new(true).mode(0o600),
                 )?
                 .into_std();
+            own_like(&dir, file.as_fd())?;
             Ok(PartialUpload {
                 dir,
                 temp,
@@ -507,8 +517,8 @@ impl PartialUpload {
             &sidecar_temp,
             OpenOptions::new().write(true).create_new(true).mode(0o600),
         )?;
-        let written = sidecar
-            .write_all(&info.encode_sidecar())
+        let written = own_like(&self.dir, sidecar.as_fd())
+            .and_then(|()| sidecar.write_all(&info.encode_sidecar()))
             .and_then(|()| sidecar.sync_all());
         drop(sidecar);
         let renamed = written
@@ -614,6 +624,7 @@ pub fn mark_root(root: &Dir) -> io::Result<()> {
         OpenOptions::new().write(true).create_new(true).mode(0o600),
     ) {
         Ok(mut file) => {
+            own_like(root, file.as_fd())?;
             file.write_all(b"backupd storage root: backups are in the directory of each system\n")?;
             file.sync_all()?;
             sync_dir(root)
@@ -629,7 +640,10 @@ pub fn mark_root(root: &Dir) -> io::Result<()> {
 /// one system race to create it, and all of them must go on.
 pub fn create_system_dir(root: &Dir, system: &SystemName) -> io::Result<()> {
     match root.create_dir(system.as_str()) {
-        Ok(()) => sync_dir(root),
+        Ok(()) => {
+            own_like(root, root.open_dir_nofollow(system.as_str())?.as_fd())?;
+            sync_dir(root)
+        }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
     }
