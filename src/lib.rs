@@ -27,6 +27,8 @@
 //!   [`auth::credentials`] file: format, hashing, verification, live reload.
 //! * [`error`]: the error enum and its JSON envelope.
 //! * [`metrics`]: counters, rendered in Prometheus text format.
+//! * [`logging`]: each log line tagged with the process (supervisor,
+//!   worker, command) and pid that wrote it.
 //! * [`sandbox`]: the one ambient entry point to the filesystem.
 //! * [`confine`]: the Landlock self-sandbox applied after start-up.
 //! * [`supervise`]: the unconfined parent that holds the sockets and runs
@@ -61,6 +63,7 @@ pub mod config;
 pub mod confine;
 pub mod error;
 pub mod http;
+pub mod logging;
 pub mod maintenance;
 pub mod metrics;
 pub mod sandbox;

@@ -16,6 +16,7 @@ use backupd::config::{
 use backupd::confine;
 use backupd::http::server::{self, Cores, Limits};
 use backupd::http::tls::Tls;
+use backupd::logging::{self, Role};
 use backupd::metrics::Reloaded;
 use backupd::sandbox::{DirPath, FilePath};
 use backupd::service::App;
@@ -326,16 +327,26 @@ fn main() -> ExitCode {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    logging::set_role(match &cli.command {
+        Command::Serve(args) if !args.no_self_sandbox => Role::Supervisor,
+        Command::Serve(_) => Role::Worker,
+        _ => Role::Command,
+    });
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
     match cli.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => logs
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_timer(logging::TaggedTime)
             .init(),
+        LogFormat::Json => {
+            let json = tracing_subscriber::fmt::format()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false);
+            logs.json().event_format(logging::TaggedJson(json)).init()
+        }
     }
     let locations = cli.locations.resolve();
     match cli.command {

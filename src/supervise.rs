@@ -191,6 +191,7 @@ fn spawn<T>(
     if let Some(pid) = Pid::from_raw(pid) {
         return Ok(pid);
     }
+    crate::logging::set_role(crate::logging::Role::Worker);
     // The worker. Die with the supervisor (a SIGKILLed supervisor must not
     // leave a worker serving behind it), and take default signal handling
     // back before the runtime installs its own.

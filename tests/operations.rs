@@ -419,6 +419,22 @@ async fn json_logs_carry_one_access_line_per_request_and_never_a_secret() {
     assert_eq!(failure["reason"], "wrong secret", "{failure}");
     assert!(!log.contains(&secret) && !log.contains("wrong-secret"));
     assert!(!log.to_ascii_lowercase().contains("authorization: basic"));
+    // Every line says which process wrote it: requests are the worker's,
+    // by its pid (not the supervisor's, the process the test started).
+    let workers = server.workers();
+    assert_eq!(workers.len(), 1, "{log}");
+    for line in &lines {
+        assert!(
+            matches!(line["role"].as_str(), Some("worker" | "supervisor")),
+            "{line}"
+        );
+        assert!(line["pid"].as_u64().is_some(), "{line}");
+    }
+    for line in &access {
+        assert_eq!(line["role"], "worker", "{line}");
+        assert_eq!(line["pid"].as_u64(), Some(u64::from(workers[0])), "{line}");
+    }
+    assert_ne!(server.child.id(), workers[0]);
 }
 
 #[tokio::test]
