@@ -349,7 +349,21 @@ pub fn verify(
                     found.unrecorded += 1;
                     continue;
                 };
-                match content_sha256(&storage, &system, &info.id, &mut pace).await {
+                let content = content_sha256(&storage, &system, &info.id, &mut pace).await;
+                if let Ok(sha) = &content {
+                    // The upload record says so, for the server: it logs and
+                    // counts each download of a backup that failed.
+                    let failed = *sha != recorded;
+                    if failed != info.failed_verification
+                        && let Err(e) = storage.set_verification(&system, &info.id, failed).await
+                    {
+                        found.errors.push(format!(
+                            "{system}/{}: cannot record the result: {e:?}",
+                            info.id
+                        ));
+                    }
+                }
+                match content {
                     Ok(sha) if sha == recorded => {
                         found.matched += 1;
                         found.bytes += info.size;

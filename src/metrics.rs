@@ -120,6 +120,10 @@ pub struct Metrics {
     active_connections: AtomicI64,
     uploads: AtomicU64,
     pruned: AtomicU64,
+    failed_verification_served: AtomicU64,
+    /// Backups held whose record says `verify` found them changed, as of
+    /// the last scan, plus one (0: no scan yet).
+    failed_verification_held: AtomicU64,
 }
 
 impl Metrics {
@@ -249,6 +253,18 @@ impl Metrics {
         self.bytes_received.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Counts a download of a backup `verify` found changed.
+    pub fn failed_verification_served(&self) {
+        self.failed_verification_served
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many held backups `verify` found changed (from a scan).
+    pub fn failed_verification_held(&self, count: u64) {
+        self.failed_verification_held
+            .store(count + 1, Ordering::Relaxed);
+    }
+
     /// Counts backups removed by retention.
     pub fn pruned(&self, count: u64) {
         self.pruned.fetch_add(count, Ordering::Relaxed);
@@ -363,6 +379,21 @@ impl Metrics {
             let _ = write!(
                 out,
                 "# HELP backupd_tls_certificate_expiry_timestamp_seconds When the served TLS certificate expires (Unix time).\n# TYPE backupd_tls_certificate_expiry_timestamp_seconds gauge\nbackupd_tls_certificate_expiry_timestamp_seconds {expiry}\n"
+            );
+        }
+        counter(
+            &mut out,
+            "backupd_failed_verification_served_total",
+            "Downloads of a backup that backupd verify found changed since its upload.",
+            self.failed_verification_served.load(Ordering::Relaxed),
+        );
+        // Stored plus one: zero means no scan has counted yet.
+        let held = self.failed_verification_held.load(Ordering::Relaxed);
+        if held > 0 {
+            let _ = write!(
+                out,
+                "# HELP backupd_failed_verification_backups Backups held that backupd verify found changed since their upload (as of the last scan).\n# TYPE backupd_failed_verification_backups gauge\nbackupd_failed_verification_backups {}\n",
+                held - 1
             );
         }
         if self.per_system {

@@ -804,6 +804,37 @@ async fn import_verify_and_prune_work_beside_a_running_server() {
         "{out}"
     );
     assert!(err.contains("1 mismatched"), "{err}");
+    // The server learns it from the record: still served (the client can
+    // check Repr-Digest), but logged and counted.
+    let got = get(server.addr, &backup_path(new_id), Some(&auth)).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(
+        server.wait_for_log(
+            "serving a backup that failed verification",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        server.log()
+    );
+    let line = server
+        .log()
+        .lines()
+        .find(|l| l.contains("failed verification"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        line.contains("ERROR") && line.contains(new_id.as_str()),
+        "{line}"
+    );
+    // Repaired (restored from elsewhere), it verifies again and the mark goes.
+    bytes[1234] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let (code, _, err) = run(vec!["verify".into(), "fw1".into()]);
+    assert_eq!(code, 0, "{err}");
+    let record =
+        std::fs::read_to_string(server.storage().join("fw1").join(format!(".{new_id}.meta")))
+            .unwrap();
+    assert!(!record.contains("failed_verification"), "{record}");
 
     // prune: the policy now, never the newest.
     let (code, out, err) = run(vec!["prune".into(), "--retention-count".into(), "1".into()]);

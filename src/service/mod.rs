@@ -130,6 +130,16 @@ impl App {
             .open(system, id)
             .await
             .map_err(|e| self.storage_error(e, system))?;
+        if backup.info().failed_verification {
+            // Still served (the recorded digest goes out as Repr-Digest, so
+            // a client that checks it refuses the bytes), never silently.
+            tracing::error!(
+                system = %system,
+                id = %id,
+                "serving a backup that failed verification: its content no longer matches the SHA-256 recorded at upload"
+            );
+            self.metrics.failed_verification_served();
+        }
         Ok((backup, slot))
     }
 
@@ -318,15 +328,20 @@ impl App {
         }
         let names = self.credentials.current().names();
         let mut held = Vec::with_capacity(names.len());
+        let mut failed = 0;
         for name in names {
             let holding = match self.storage.list(&name).await {
-                Ok(backups) => Some(Holding::of(&backups)),
+                Ok(backups) => {
+                    failed += backups.iter().filter(|b| b.failed_verification).count() as u64;
+                    Some(Holding::of(&backups))
+                }
                 Err(StoreError::NotFound) => Some(Holding::default()),
                 Err(_) => None,
             };
             held.push((name, holding));
         }
         self.metrics.inventory(held);
+        self.metrics.failed_verification_held(failed);
     }
 
     /// How many bytes a body without a length may grow to before it is

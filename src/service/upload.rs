@@ -337,6 +337,7 @@ pub fn new_info(id: BackupId, filename: String, size: u64, sha256: [u8; 32]) -> 
         size,
         sha256: Some(sha256),
         uploaded_at: SystemTime::now(),
+        failed_verification: false,
     }
 }
 

@@ -322,6 +322,44 @@ impl FsStore {
         .await
     }
 
+    /// Records in `system`'s backup `id`'s upload record whether `backupd
+    /// verify` found its content changed (`failed`); true if the record
+    /// changed. A backup without a record (nothing to verify against) is
+    /// left alone. The record is replaced atomically (temporary, fsync,
+    /// rename, directory fsync).
+    pub async fn set_verification(
+        &self,
+        system: &SystemName,
+        id: &BackupId,
+        failed: bool,
+    ) -> Result<bool, StoreError> {
+        let id = *id;
+        self.with_system(system, move |dir| {
+            let (_, meta) = open_regular(&dir, &id.to_string())?;
+            let mut info = describe(&dir, id, meta.len(), modified(&meta));
+            if info.sha256.is_none() || info.failed_verification == failed {
+                return Ok(false);
+            }
+            info.failed_verification = failed;
+            let temp = format!("{PARTIAL_PREFIX}{}.meta", uuid::Uuid::now_v7().simple());
+            let mut file = dir.open_with(
+                &temp,
+                OpenOptions::new().write(true).create_new(true).mode(0o600),
+            )?;
+            let written = own_like(&dir, file.as_fd())
+                .and_then(|()| file.write_all(&info.encode_sidecar()))
+                .and_then(|()| file.sync_all())
+                .and_then(|()| dir.rename(&temp, &dir, sidecar_name(&id)))
+                .and_then(|()| sync_dir(&dir));
+            if let Err(e) = written {
+                let _ = dir.remove_file(&temp);
+                return Err(classify(e));
+            }
+            Ok(true)
+        })
+        .await
+    }
+
     /// Bytes `system`'s backups would take once a new backup of `incoming`
     /// bytes is stored and retention (`count`, `bytes`, as in
     /// [`prune`](Self::prune)) has run: what a quota is checked against, so

@@ -20,8 +20,9 @@ pub const MAX_SIDECAR_BYTES: u64 = 4096;
 
 /// How long a download trusts a sidecar an earlier download read, while the
 /// backup file itself is unchanged (same inode, size, mtime and ctime).
-/// backupd never rewrites a sidecar, so this only bounds how late a sidecar
-/// edited or added by hand is noticed.
+/// The server never rewrites a sidecar (`backupd verify` does, to record a
+/// failed verification), so this bounds how late such a record, or a
+/// sidecar edited or added by hand, is noticed.
 pub const SIDECAR_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Most sidecars remembered at once (a few hundred bytes each); at this
@@ -41,6 +42,8 @@ pub struct BackupInfo {
     pub sha256: Option<[u8; 32]>,
     /// When it was stored (the file's modification time for dropped-in files).
     pub uploaded_at: SystemTime,
+    /// `backupd verify` found its content no longer matches `sha256`.
+    pub failed_verification: bool,
 }
 
 impl BackupInfo {
@@ -70,6 +73,7 @@ impl BackupInfo {
             size,
             sha256: None,
             uploaded_at: modified,
+            failed_verification: false,
         }
     }
 
@@ -79,14 +83,16 @@ impl BackupInfo {
             .uploaded_at
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
-        json!({
+        let mut record = json!({
             "filename": self.filename,
             "size": self.size,
             "sha256": self.sha256.map(hex),
             "uploaded_at_ms": uploaded.as_millis() as u64,
-        })
-        .to_string()
-        .into_bytes()
+        });
+        if self.failed_verification {
+            record["failed_verification"] = Value::Bool(true);
+        }
+        record.to_string().into_bytes()
     }
 
     /// Reads a sidecar for `id`; `None` if it is malformed or describes a
@@ -105,12 +111,17 @@ impl BackupInfo {
         };
         let ms = value.get("uploaded_at_ms")?.as_u64()?;
         let uploaded_at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        let failed_verification = value
+            .get("failed_verification")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         Some(BackupInfo {
             id,
             filename,
             size,
             sha256,
             uploaded_at,
+            failed_verification,
         })
     }
 }
@@ -150,9 +161,21 @@ mod tests {
             sha256: Some([7; 32]),
             uploaded_at: SystemTime::UNIX_EPOCH
                 + std::time::Duration::from_millis(1_700_000_000_123),
+            failed_verification: false,
         };
         let bytes = info.encode_sidecar();
-        assert_eq!(BackupInfo::decode_sidecar(id, 42, &bytes), Some(info));
+        assert_eq!(
+            BackupInfo::decode_sidecar(id, 42, &bytes),
+            Some(info.clone())
+        );
+        let failed = BackupInfo {
+            failed_verification: true,
+            ..info.clone()
+        };
+        assert_eq!(
+            BackupInfo::decode_sidecar(id, 42, &failed.encode_sidecar()),
+            Some(failed)
+        );
         assert_eq!(BackupInfo::decode_sidecar(id, 43, &bytes), None);
         assert_eq!(BackupInfo::decode_sidecar(id, 42, b"{}"), None);
         assert!(sidecar_name(&id).parse::<BackupId>().is_err());

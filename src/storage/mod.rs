@@ -209,6 +209,22 @@ impl Storage {
         }
     }
 
+    /// Records whether `backupd verify` found `system`'s backup `id`
+    /// changed since its upload; true if the record changed. The object
+    /// store keeps its records in object metadata, which only a copy can
+    /// change: there `verify` reports, and records nothing (false).
+    pub async fn set_verification(
+        &self,
+        system: &SystemName,
+        id: &BackupId,
+        failed: bool,
+    ) -> Result<bool, StoreError> {
+        match self {
+            Storage::Fs(store) => store.set_verification(system, id, failed).await,
+            Storage::S3(_) => Ok(false),
+        }
+    }
+
     /// Bytes `system`'s backups would take once a new one of `incoming`
     /// bytes is stored and retention (`count`, `bytes`) has run.
     pub async fn usage_after(
