@@ -273,7 +273,7 @@ impl Workers {
                 if !self.stopping {
                     // It stopped on its own (a fatal error, already logged):
                     // so does the service, and the others go too.
-                    tracing::error!(pid = pid.as_raw_pid(), code, "worker exited; stopping");
+                    tracing::error!(worker = pid.as_raw_pid(), code, "worker exited; stopping");
                     self.stopping = true;
                     self.signal_all(Signal::TERM);
                 }
@@ -283,7 +283,7 @@ impl Workers {
                     continue;
                 }
                 tracing::error!(
-                    pid = pid.as_raw_pid(),
+                    worker = pid.as_raw_pid(),
                     code = exit_code(status, self.stopping),
                     "new worker failed to start; the current one keeps serving"
                 );
@@ -353,7 +353,7 @@ pub fn run<T>(held: T, worker: &dyn Fn(Supervisor, T) -> i32) -> io::Result<i32>
                 match spawn(&mut held, worker, supervisor) {
                     Ok(pid) => {
                         tracing::info!(
-                            pid = pid.as_raw_pid(),
+                            worker = pid.as_raw_pid(),
                             "starting a worker sandboxed to the new storage root"
                         );
                         workers.starting = Some(pid);
