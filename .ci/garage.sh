@@ -53,5 +53,7 @@ export BACKUPD_TEST_S3_REGION=garage
 export BACKUPD_TEST_S3_ACCESS_KEY="$access" BACKUPD_TEST_S3_SECRET_KEY="$secret"
 cargo test --locked --test s3_client -- --ignored
 BACKUPD_TEST_BACKEND=s3 cargo test --locked --test download --test lifecycle --test hostile
+# import, verify and prune beside a server, through the same boundary.
+BACKUPD_TEST_BACKEND=s3 cargo test --locked --test cli import_verify_and_prune
 BACKUPD_TEST_BACKEND=s3 cargo test --locked --test replicas --test s3_faults -- --ignored
 echo "== Garage passed"

@@ -29,6 +29,8 @@ export BACKUPD_TEST_S3_ENDPOINT=http://127.0.0.1:8333 BACKUPD_TEST_S3_BUCKET=bac
 export BACKUPD_TEST_S3_ACCESS_KEY="$key" BACKUPD_TEST_S3_SECRET_KEY="$secret"
 cargo test --locked --test s3_client -- --ignored
 BACKUPD_TEST_BACKEND=s3 cargo test --locked --test download --test lifecycle --test hostile
+# import, verify and prune beside a server, through the same boundary.
+BACKUPD_TEST_BACKEND=s3 cargo test --locked --test cli import_verify_and_prune
 # Two replicas over one bucket; the store stopped between requests,
 # mid-download and mid-upload (a switchable proxy in front of it).
 BACKUPD_TEST_BACKEND=s3 cargo test --locked --test replicas --test s3_faults -- --ignored

@@ -377,6 +377,71 @@ impl Server {
         }
     }
 
+    /// `backupd ARGS` against this server's data dir and storage (its
+    /// bucket and prefix, with the store's flags and keys, when it keeps
+    /// its backups in an object store): (status, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let mut command = Command::new(bin());
+        command
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data())
+            .env_remove("BACKUPD_DATA_DIR")
+            .env_remove("BACKUPD_STORAGE")
+            .env_remove("BACKUPD_CREDENTIALS");
+        if let Some((target, prefix)) = &self.s3 {
+            command
+                .arg("--storage")
+                .arg(format!("s3://{}/{prefix}", target.bucket))
+                .args([
+                    "--s3-endpoint",
+                    &target.endpoint,
+                    "--s3-region",
+                    &target.region,
+                ])
+                .env("AWS_ACCESS_KEY_ID", &target.access_key)
+                .env("AWS_SECRET_ACCESS_KEY", &target.secret_key);
+        }
+        let out = command.output().expect("run backupd");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Replaces the content of `system`'s backup `id` behind the server's
+    /// back, keeping its upload record (the file's sidecar; the object's
+    /// `x-amz-meta-*`, copied onto the new PUT): bit rot, as `verify`
+    /// should find it.
+    pub fn replace_content(&self, system: &str, id: &str, bytes: &[u8]) {
+        let Some((target, prefix)) = &self.s3 else {
+            std::fs::write(self.storage().join(system).join(id), bytes).unwrap();
+            return;
+        };
+        let url = format!(
+            "{}/{}/{prefix}/{system}/{id}",
+            target.endpoint, target.bucket
+        );
+        let head = s3_curl(target).arg("-I").arg(&url).output().expect("curl");
+        assert!(head.status.success(), "HEAD {url}");
+        let file = self.dir.path().join(".replace-content");
+        std::fs::write(&file, bytes).unwrap();
+        let mut put = s3_curl(target);
+        for line in String::from_utf8_lossy(&head.stdout).lines() {
+            if line.to_ascii_lowercase().starts_with("x-amz-meta-") {
+                put.arg("-H").arg(line.trim_end());
+            }
+        }
+        let out = put.arg("-T").arg(&file).arg(&url).output().expect("curl");
+        assert!(
+            out.status.success(),
+            "PUT {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::remove_file(&file).unwrap();
+    }
+
     /// `backupd systems add NAME` against this server's data dir: the secret.
     /// Waits (at most 2 s, the contract) for the server to pick it up.
     pub fn add_system(&self, name: &str) -> String {
