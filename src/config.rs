@@ -176,11 +176,14 @@ pub const REFUSED_BODY_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// can still be told (the default one).
 pub const UPLOAD_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Bytes of an upload gathered (as the frames hyper hands over, not
-/// copied) into one batch, which is hashed and written (one `writev` to
-/// disk, or one piece of the PUT to the object store) on the blocking pool
-/// while the next is gathered: one upload holds about twice this.
-pub const WRITE_CHUNK_BYTES: usize = 1 << 20;
+/// Bytes of an upload copied into one chunk, which is hashed and written
+/// (one `write` to disk, with `O_DIRECT`, or one piece of the PUT to the
+/// object store) on the blocking pool while the next is filled: one upload
+/// holds two chunks. A multiple of the direct-I/O alignment. 512 KiB: with
+/// 8 uploads, 1 MiB chunks were no faster and raised the worker's peak RSS
+/// by 8 MiB (bench/RESULTS.md, issue 16).
+pub const WRITE_CHUNK_BYTES: usize = 512 << 10;
+const _: () = assert!(WRITE_CHUNK_BYTES.is_multiple_of(crate::storage::chunk::DIRECT_IO_ALIGN));
 
 /// What the server allows systems to do with their backups.
 #[derive(Debug, Clone, Copy)]

@@ -1365,3 +1365,61 @@ async fn an_upload_above_the_single_put_limit_is_stored_whole_or_not_at_all() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Uploads are copied into chunks of 512 KiB (`WRITE_CHUNK_BYTES`) written
+/// with O_DIRECT while they are whole and aligned, the rest through the
+/// page cache: every length around those boundaries comes back byte for
+/// byte, with the right SHA-256.
+#[tokio::test]
+async fn uploads_of_every_length_around_the_chunk_and_block_sizes_come_back_whole() {
+    let server = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--upload-rate-per-minute",
+            "0",
+            "--upload-rate-per-hour",
+            "0",
+            "--retention-count",
+            "0",
+        ],
+    );
+    let secret = server.add_system("fw1");
+    let auth = basic("fw1", &secret);
+    let chunk = 512 << 10;
+    for (n, len) in [
+        0,
+        1,
+        4095,
+        4096,
+        4097,
+        chunk - 1,
+        chunk,
+        chunk + 1,
+        2 * chunk + 4096,
+        3 * chunk + 4097,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data = content(len, n as u32);
+        let reply = upload(
+            server.addr,
+            Some(&auth),
+            data.clone(),
+            &[(
+                "content-digest",
+                &format!("sha-256=:{}:", sha256_b64(&data)),
+            )],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{len}: {}", reply.text());
+        let info = &json(&reply)["data"];
+        assert_eq!(info["size"], len, "{len}");
+        assert_eq!(info["sha256"], sha256_hex(&data), "{len}");
+        let id = info["id"].as_str().unwrap();
+        let got = get(server.addr, &backup_path(id), Some(&auth)).await;
+        assert_eq!(got.status, StatusCode::OK, "{len}");
+        assert!(got.body == data, "{len}: the body differs");
+    }
+    assert_eq!(partials(&server, "fw1"), Vec::<String>::new());
+}

@@ -2,16 +2,18 @@
 //! extension, the `Content-Digest` check, and the body streamed into
 //! storage with its SHA-256 computed on the way.
 //!
-//! Two stages run at once: the connection's task reads the body and
-//! gathers its frames into batches (never copying them) while the batch
-//! before is hashed and written on the blocking pool. At most one batch
-//! is in the pool per upload, so memory stays flat, and a slow upload
-//! holds no thread while it waits for its client.
+//! Three stages run at once: the connection's task copies the body into a
+//! chunk while the chunk before is hashed on one thread of the blocking
+//! pool and written on another. An upload owns two chunks, reused, so
+//! memory stays flat, and a slow upload holds no thread while it waits
+//! for its client.
 
 use std::time::SystemTime;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -20,6 +22,7 @@ use uuid::Uuid;
 
 use crate::backup_id::{BackupId, Extension};
 use crate::config::{UPLOAD_STALL_TIMEOUT, WRITE_CHUNK_BYTES};
+use crate::storage::chunk::Chunk;
 use crate::storage::metadata::BackupInfo;
 use crate::storage::{PartialUpload, StoreError};
 
@@ -188,7 +191,7 @@ impl Hashes {
 /// content's SHA-256 and length. With `Content-Length` the body must be
 /// exactly that long; without one it may be up to `limits`, and is refused
 /// (nothing kept) the moment it grows past them. Memory stays flat: one
-/// batch of [`WRITE_CHUNK_BYTES`] being written, one being gathered.
+/// chunk of [`WRITE_CHUNK_BYTES`] being written, one being filled.
 pub async fn receive<B>(
     mut body: B,
     partial: PartialUpload,
@@ -207,9 +210,10 @@ where
     let mut writer = Writer {
         idle: Some((partial, hashes)),
         busy: None,
+        spare: None,
     };
     let read = read_into(&mut body, length, limits, &mut writer).await;
-    // Whatever happened, the batch in the pool is finished first: a failed
+    // Whatever happened, the chunk in the pool is finished first: a failed
     // upload is removed before its answer is sent.
     let written = writer.settle().await;
     let size = read?;
@@ -232,7 +236,16 @@ where
 }
 
 /// Reads `body` (exactly `length` bytes when given, else up to `limits`),
-/// handing it to `writer` in batches; returns its length.
+/// copying it into chunks of [`WRITE_CHUNK_BYTES`] that go to `writer`;
+/// returns its length.
+///
+/// Why copy: holding hyper's frames until their batch was written kept its
+/// read buffers alive, so it allocated new ones for every read and freed
+/// the old ones on the writing thread. With 8 uploads the worker's peak
+/// RSS grew to 38-50 MiB of allocator churn (bench/RESULTS.md). Copied,
+/// each frame is dropped on the thread that allocated it, hyper reuses
+/// one buffer per connection, and an upload holds exactly its two chunks,
+/// which stay in the cache between the copy, the hash and the write.
 async fn read_into<B>(
     body: &mut B,
     length: Option<u64>,
@@ -243,8 +256,7 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let mut batch: Vec<Bytes> = Vec::new();
-    let mut gathered = 0usize;
+    let mut chunk = writer.spare();
     let mut received: u64 = 0;
     loop {
         let frame = match tokio::time::timeout(UPLOAD_STALL_TIMEOUT, body.frame()).await {
@@ -269,14 +281,13 @@ where
             None if received > limits.quota_room => return Err(ReceiveError::OverQuota),
             _ => {}
         }
-        gathered += data.len();
-        batch.push(data);
-        if gathered >= WRITE_CHUNK_BYTES {
-            gathered = 0;
-            writer
-                .submit(std::mem::take(&mut batch))
-                .await
-                .map_err(ReceiveError::Store)?;
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            rest = &rest[chunk.fill(rest)..];
+            if chunk.is_full() {
+                writer.submit(chunk).await.map_err(ReceiveError::Store)?;
+                chunk = writer.spare();
+            }
         }
     }
     if let Some(declared) = length
@@ -286,44 +297,74 @@ where
             "{received} of {declared} bytes"
         )));
     }
-    writer.submit(batch).await.map_err(ReceiveError::Store)?;
+    writer.submit(chunk).await.map_err(ReceiveError::Store)?;
     Ok(received)
 }
 
-/// Hashes and writes batches on the blocking pool, one at a time, while
-/// the caller gathers the next.
+/// Hashes and writes chunks on the blocking pool, one at a time, while the
+/// caller fills the next. The hash and the write of a chunk run at once,
+/// on two threads, sharing it: SHA-256 runs at about the disk's speed, so
+/// doing one after the other on one thread halved the pipeline's speed
+/// (bench/RESULTS.md, issue 16).
 struct Writer {
-    /// The upload and its hashes, when no batch is being written.
+    /// The upload and its hashes, when no chunk is being written.
     idle: Option<(PartialUpload, Hashes)>,
-    /// The batch being written; it hands them back.
-    busy: Option<tokio::task::JoinHandle<Result<(PartialUpload, Hashes), StoreError>>>,
+    /// The chunk being hashed and written; they hand them back.
+    busy: Option<InFlight>,
+    /// A written chunk, to fill again.
+    spare: Option<Chunk>,
+}
+
+/// One chunk's two halves on the blocking pool.
+struct InFlight {
+    chunk: Arc<Chunk>,
+    write: tokio::task::JoinHandle<Result<PartialUpload, StoreError>>,
+    hash: tokio::task::JoinHandle<Hashes>,
 }
 
 impl Writer {
-    /// Starts writing `batch` once the one before it is written.
-    async fn submit(&mut self, batch: Vec<Bytes>) -> Result<(), StoreError> {
+    /// An empty chunk to fill: the last one written, when the store gave it
+    /// back (the filesystem does; the object store keeps it until sent).
+    fn spare(&mut self) -> Chunk {
+        let mut chunk = self
+            .spare
+            .take()
+            .unwrap_or_else(|| Chunk::with_capacity(WRITE_CHUNK_BYTES));
+        chunk.clear();
+        chunk
+    }
+
+    /// Starts hashing and writing `chunk` once the one before it is done.
+    async fn submit(&mut self, chunk: Chunk) -> Result<(), StoreError> {
         self.settle().await?;
         let Some((mut partial, mut hashes)) = self.idle.take() else {
             return Err(StoreError::NotFound);
         };
-        self.busy = Some(tokio::task::spawn_blocking(move || {
-            for data in &batch {
-                hashes.update(data);
-            }
+        let chunk = Arc::new(chunk);
+        let (to_hash, to_write) = (Arc::clone(&chunk), Arc::clone(&chunk));
+        let hash = tokio::task::spawn_blocking(move || {
+            hashes.update(to_hash.as_slice());
+            hashes
+        });
+        let write = tokio::task::spawn_blocking(move || {
             // On an error the upload is dropped here, which removes it.
-            partial.write(batch)?;
-            Ok((partial, hashes))
-        }));
+            partial.write(&to_write)?;
+            Ok(partial)
+        });
+        self.busy = Some(InFlight { chunk, write, hash });
         Ok(())
     }
 
-    /// Waits for the batch being written, if any.
+    /// Waits for the chunk being hashed and written, if any.
     async fn settle(&mut self) -> Result<(), StoreError> {
-        if let Some(busy) = self.busy.take() {
-            let done = busy
-                .await
-                .unwrap_or_else(|e| Err(StoreError::Unavailable(std::io::Error::other(e))))?;
-            self.idle = Some(done);
+        if let Some(InFlight { chunk, write, hash }) = self.busy.take() {
+            let (written, hashed) = tokio::join!(write, hash);
+            let lost =
+                |e: tokio::task::JoinError| StoreError::Unavailable(std::io::Error::other(e));
+            let partial = written.unwrap_or_else(|e| Err(lost(e)))?;
+            let hashes = hashed.map_err(lost)?;
+            self.idle = Some((partial, hashes));
+            self.spare = Arc::try_unwrap(chunk).ok();
         }
         Ok(())
     }

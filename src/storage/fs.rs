@@ -21,6 +21,7 @@ use rustix::io::{Errno, ReadWriteFlags};
 
 use crate::backup_id::BackupId;
 use crate::sandbox::{DirPath, own_like};
+use crate::storage::chunk::DIRECT_IO_ALIGN;
 use crate::storage::metadata::{
     BackupInfo, MAX_CACHED_SIDECARS, MAX_SIDECAR_BYTES, SIDECAR_CACHE_TTL, sidecar_name,
 };
@@ -399,10 +400,12 @@ impl FsStore {
                 )?
                 .into_std();
             own_like(&dir, file.as_fd())?;
+            let direct = set_direct(&file, true).is_ok();
             Ok(PartialUpload {
                 dir,
                 temp,
                 file: Some(file),
+                direct,
                 written: 0,
                 submitted: 0,
                 settled: 0,
@@ -476,12 +479,34 @@ pub struct PartialUpload {
     dir: Dir,
     temp: String,
     file: Option<std::fs::File>,
+    /// Whether the file is written with `O_DIRECT` (see [`PartialUpload::write`]).
+    direct: bool,
     /// Bytes written so far.
     written: u64,
     /// Bytes handed to writeback so far (`sync_file_range`).
     submitted: u64,
     /// Bytes known to be written back.
     settled: u64,
+}
+
+/// Whether `data`, written at `offset`, can go with `O_DIRECT`.
+fn direct_io_fits(data: &[u8], offset: u64) -> bool {
+    let align = DIRECT_IO_ALIGN;
+    data.len().is_multiple_of(align)
+        && (data.as_ptr() as usize).is_multiple_of(align)
+        && offset.is_multiple_of(align as u64)
+}
+
+/// Turns `O_DIRECT` on or off for `file`.
+fn set_direct(file: &std::fs::File, on: bool) -> io::Result<()> {
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    let flags = if on {
+        flags | OFlags::DIRECT
+    } else {
+        flags - OFlags::DIRECT
+    };
+    rustix::fs::fcntl_setfl(file, flags)?;
+    Ok(())
 }
 
 /// An upload's file is handed to the kernel's writeback every this many
@@ -492,23 +517,45 @@ pub struct PartialUpload {
 pub const WRITEBACK_BYTES: u64 = 8 << 20;
 
 impl PartialUpload {
-    /// Appends `batch`, in order (blocking).
-    pub fn write(&mut self, batch: &[bytes::Bytes]) -> Result<(), StoreError> {
+    /// Appends `chunk` (blocking).
+    ///
+    /// While every chunk is aligned for it (in memory, in length and in
+    /// the file: [`DIRECT_IO_ALIGN`]), the file is written with
+    /// `O_DIRECT`, from the chunk straight to the disk. Backups are written
+    /// once and rarely read, so the page cache gains nothing from them; the
+    /// copy into it was the upload's largest cost after SHA-256, and a
+    /// night of uploads no longer evicts what the rest of the machine
+    /// caches (bench/RESULTS.md, issue 16). The last, short chunk, and any
+    /// filesystem that refuses direct I/O (`EINVAL`), go through the page
+    /// cache as before. Durability does not depend on it: the commit
+    /// fsyncs either way.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
         let file = self.file.as_mut().ok_or(StoreError::NotFound)?;
-        let mut slices: Vec<io::IoSlice<'_>> = batch.iter().map(|b| io::IoSlice::new(b)).collect();
-        let mut rest = &mut slices[..];
+        let mut rest = chunk;
         while !rest.is_empty() {
-            match file.write_vectored(rest) {
+            if self.direct && !direct_io_fits(rest, self.written) {
+                self.direct = false;
+                set_direct(file, false).map_err(classify)?;
+            }
+            match file.write(rest) {
                 Ok(0) => return Err(classify(io::Error::from(io::ErrorKind::WriteZero))),
                 Ok(n) => {
                     self.written += n as u64;
-                    io::IoSlice::advance_slices(&mut rest, n);
+                    rest = &rest[n..];
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if self.direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                    // This filesystem takes O_DIRECT but not these writes.
+                    self.direct = false;
+                    set_direct(file, false).map_err(classify)?;
+                }
                 Err(e) => return Err(classify(e)),
             }
         }
-        if self.written - self.submitted >= WRITEBACK_BYTES {
+        if self.direct {
+            // Nothing of it waits in the page cache.
+            (self.submitted, self.settled) = (self.written, self.written);
+        } else if self.written - self.submitted >= WRITEBACK_BYTES {
             self.write_back();
         }
         Ok(())

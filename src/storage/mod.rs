@@ -7,6 +7,7 @@
 //! object: there are few backends, each known at compile time, and no
 //! async-trait machinery is needed.
 
+pub mod chunk;
 pub mod fs;
 pub mod key;
 pub mod metadata;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use crate::backup_id::BackupId;
 use crate::system_name::SystemName;
+use chunk::Chunk;
 use metadata::BackupInfo;
 
 /// How long an upload's body is: announced by `Content-Length`, or known
@@ -109,11 +111,12 @@ pub enum PartialUpload {
 }
 
 impl PartialUpload {
-    /// Appends `batch`, in order. Blocking: call from the blocking pool.
-    pub fn write(&mut self, batch: Vec<bytes::Bytes>) -> Result<(), StoreError> {
+    /// Appends `chunk`. Blocking: call from the blocking pool. The object
+    /// store keeps a share of the chunk until it has sent it.
+    pub fn write(&mut self, chunk: &Arc<Chunk>) -> Result<(), StoreError> {
         match self {
-            PartialUpload::File(upload) => upload.write(&batch),
-            PartialUpload::Object(upload) => upload.write_blocking(batch),
+            PartialUpload::File(upload) => upload.write(chunk.as_slice()),
+            PartialUpload::Object(upload) => upload.write_blocking(vec![Chunk::to_bytes(chunk)]),
         }
     }
 }
