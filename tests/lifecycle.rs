@@ -33,6 +33,21 @@ fn partials(server: &Server, system: &str) -> Vec<String> {
     server.uploads_in_progress(system)
 }
 
+/// A server that neither rate-limits uploads nor prunes them.
+fn server_without_upload_limits() -> Server {
+    Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--upload-rate-per-minute",
+            "0",
+            "--upload-rate-per-hour",
+            "0",
+            "--retention-count",
+            "0",
+        ],
+    )
+}
+
 fn assert_error(reply: &Reply, status: u16, body: &str) {
     assert_eq!(reply.status.as_u16(), status, "{}", reply.text());
     assert_eq!(reply.text(), body);
@@ -113,17 +128,7 @@ async fn upload_then_download_list_and_delete() {
 
 #[tokio::test]
 async fn upload_filenames_and_extensions() {
-    let server = Server::start_with(
-        tempfile::tempdir().unwrap(),
-        &[
-            "--upload-rate-per-minute",
-            "0",
-            "--upload-rate-per-hour",
-            "0",
-            "--retention-count",
-            "0",
-        ],
-    );
+    let server = server_without_upload_limits();
     let auth = basic("fw1", &server.add_system("fw1"));
     let long = format!("{}.gpg", "a".repeat(300));
     let cases: [(Option<&str>, &str, &str); 10] = [
@@ -1069,17 +1074,7 @@ async fn hostile_upload_framing_stores_nothing() {
 /// that lose the race).
 #[tokio::test]
 async fn concurrent_first_uploads_all_succeed() {
-    let server = Server::start_with(
-        tempfile::tempdir().unwrap(),
-        &[
-            "--upload-rate-per-minute",
-            "0",
-            "--upload-rate-per-hour",
-            "0",
-            "--retention-count",
-            "0",
-        ],
-    );
+    let server = server_without_upload_limits();
     let auth = basic("fw1", &server.add_system("fw1"));
     std::fs::remove_dir(server.storage().join("fw1")).unwrap();
     let mut tasks = Vec::new();
@@ -1372,17 +1367,7 @@ async fn an_upload_above_the_single_put_limit_is_stored_whole_or_not_at_all() {
 /// byte, with the right SHA-256.
 #[tokio::test]
 async fn uploads_of_every_length_around_the_chunk_and_block_sizes_come_back_whole() {
-    let server = Server::start_with(
-        tempfile::tempdir().unwrap(),
-        &[
-            "--upload-rate-per-minute",
-            "0",
-            "--upload-rate-per-hour",
-            "0",
-            "--retention-count",
-            "0",
-        ],
-    );
+    let server = server_without_upload_limits();
     let secret = server.add_system("fw1");
     let auth = basic("fw1", &secret);
     let chunk = 512 << 10;
