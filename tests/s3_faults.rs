@@ -209,6 +209,13 @@ async fn download_cut_short(server: &Server, auth: &str, cut: impl FnOnce()) {
     use http_body_util::BodyExt;
     let content: Vec<u8> = (0..40_000_000u32).map(|i| (i % 251) as u8).collect();
     let stored = upload(server.addr, Some(auth), content.clone(), &[]).await;
+    assert_eq!(
+        stored.status,
+        StatusCode::CREATED,
+        "{}\n{}",
+        stored.text(),
+        server.log()
+    );
     let id = json(&stored)["data"]["id"].as_str().unwrap().to_owned();
     let res = open(
         server.addr,
