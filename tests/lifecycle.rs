@@ -35,17 +35,40 @@ fn partials(server: &Server, system: &str) -> Vec<String> {
 
 /// A server that neither rate-limits uploads nor prunes them.
 fn server_without_upload_limits() -> Server {
-    Server::start_with(
-        tempfile::tempdir().unwrap(),
-        &[
-            "--upload-rate-per-minute",
-            "0",
-            "--upload-rate-per-hour",
-            "0",
-            "--retention-count",
-            "0",
-        ],
-    )
+    server_without_upload_limits_in(tempfile::tempdir().unwrap(), &[])
+}
+
+/// [`server_without_upload_limits`] on `dir`, with `extra` arguments.
+fn server_without_upload_limits_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--upload-rate-per-minute",
+        "0",
+        "--upload-rate-per-hour",
+        "0",
+        "--retention-count",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    Server::start_with(dir, &args)
+}
+
+/// Unmounts (lazily) what [`mount`] mounted, when dropped.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Runs `mount ARGS AT` (the tests that use it need root, as CI has).
+fn mount(args: &[&str], at: &std::path::Path) -> Unmount {
+    let status = Command::new("mount").args(args).arg(at).status().unwrap();
+    assert!(
+        status.success(),
+        "mount {args:?} failed: this test needs root"
+    );
+    Unmount(at.to_path_buf())
 }
 
 fn assert_error(reply: &Reply, status: u16, body: &str) {
@@ -579,22 +602,7 @@ async fn a_full_disk_is_507_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .unwrap();
-    assert!(
-        mounted.success(),
-        "this test mounts a 1 MiB tmpfs and needs root"
-    );
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mnt.clone());
+    let _unmount = mount(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"], &mnt);
     // A new, empty mount becomes a storage root through `systems add`
     // naming it (which marks it).
     let (code, secret, err) = cli(
@@ -1369,7 +1377,14 @@ async fn an_upload_above_the_single_put_limit_is_stored_whole_or_not_at_all() {
 async fn uploads_of_every_length_around_the_chunk_and_block_sizes_come_back_whole() {
     let server = server_without_upload_limits();
     let secret = server.add_system("fw1");
-    let auth = basic("fw1", &secret);
+    uploads_of_every_length_come_back_whole(&server, &basic("fw1", &secret)).await;
+    assert_eq!(partials(&server, "fw1"), Vec::<String>::new());
+}
+
+/// Uploads of lengths around the chunk (512 KiB) and block (4 KiB) sizes,
+/// from nothing to three chunks and a block: each answers 201 with its
+/// length and SHA-256 and downloads byte for byte.
+async fn uploads_of_every_length_come_back_whole(server: &Server, auth: &str) {
     let chunk = 512 << 10;
     for (n, len) in [
         0,
@@ -1389,7 +1404,7 @@ async fn uploads_of_every_length_around_the_chunk_and_block_sizes_come_back_whol
         let data = content(len, n as u32);
         let reply = upload(
             server.addr,
-            Some(&auth),
+            Some(auth),
             data.clone(),
             &[(
                 "content-digest",
@@ -1402,9 +1417,43 @@ async fn uploads_of_every_length_around_the_chunk_and_block_sizes_come_back_whol
         assert_eq!(info["size"], len, "{len}");
         assert_eq!(info["sha256"], sha256_hex(&data), "{len}");
         let id = info["id"].as_str().unwrap();
-        let got = get(server.addr, &backup_path(id), Some(&auth)).await;
+        let got = get(server.addr, &backup_path(id), Some(auth)).await;
         assert_eq!(got.status, StatusCode::OK, "{len}");
         assert!(got.body == data, "{len}: the body differs");
     }
-    assert_eq!(partials(&server, "fw1"), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn uploads_to_a_filesystem_without_direct_io_come_back_whole() {
+    // ramfs refuses O_DIRECT (EINVAL when it is asked for), so every chunk
+    // takes the page-cache path that full chunks skip everywhere else.
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("ram");
+    std::fs::create_dir(&mnt).unwrap();
+    let _unmount = mount(&["-t", "ramfs", "ramfs"], &mnt);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let refused = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(mnt.join("probe"));
+        assert!(
+            refused.is_err(),
+            "ramfs took O_DIRECT: this test proves nothing here"
+        );
+        let _ = std::fs::remove_file(mnt.join("probe"));
+    }
+    let (code, secret, err) = cli(
+        dir.path(),
+        &["systems", "add", "fw1", "--storage", mnt.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    let server = server_without_upload_limits_in(dir, &["--storage", mnt.to_str().unwrap()]);
+    uploads_of_every_length_come_back_whole(&server, &basic("fw1", secret.trim_end())).await;
+    let left: Vec<String> = names_in(&mnt.join("fw1"))
+        .into_iter()
+        .filter(|n| n.starts_with(".upload-"))
+        .collect();
+    assert_eq!(left, Vec::<String>::new());
 }
