@@ -786,7 +786,7 @@ fn prepare(config: &ServeConfig) -> Result<(Arc<App>, Option<Arc<Tls>>), String>
             if !store.is_available() {
                 tracing::error!(
                     path = %config.storage.display(),
-                    reason = store.unavailable_reason().unwrap_or_default(),
+                    error = store.unavailable_reason().unwrap_or_default(),
                     "storage root is unavailable; answering 503 until it is back"
                 );
             }

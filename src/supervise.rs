@@ -272,8 +272,13 @@ impl Workers {
                 self.exit = Some(code);
                 if !self.stopping {
                     // It stopped on its own (a fatal error, already logged):
-                    // so does the service, and the others go too.
-                    tracing::error!(worker = pid.as_raw_pid(), code, "worker exited; stopping");
+                    // so does the service, and the others go too. Code 0
+                    // unasked is no error, but still the end of serving.
+                    if code == 0 {
+                        tracing::warn!(worker = pid.as_raw_pid(), code, "worker exited; stopping");
+                    } else {
+                        tracing::error!(worker = pid.as_raw_pid(), code, "worker exited; stopping");
+                    }
                     self.stopping = true;
                     self.signal_all(Signal::TERM);
                 }
@@ -287,8 +292,21 @@ impl Workers {
                     code = exit_code(status, self.stopping),
                     "new worker failed to start; the current one keeps serving"
                 );
-            } else {
+            } else if self.draining.contains(&pid) {
                 self.draining.retain(|&p| p != pid);
+                let code = exit_code(status, true);
+                if code == 0 {
+                    tracing::info!(
+                        worker = pid.as_raw_pid(),
+                        "previous worker finished its connections and exited"
+                    );
+                } else {
+                    tracing::warn!(
+                        worker = pid.as_raw_pid(),
+                        code,
+                        "previous worker exited with an error while finishing its connections"
+                    );
+                }
             }
         }
     }

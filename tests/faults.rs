@@ -998,4 +998,13 @@ async fn an_http2_download_survives_its_worker_being_replaced() {
     let got = std::fs::read(&out).unwrap();
     assert_eq!(got.len(), content.len());
     assert!(got == content, "the download differs");
+    // With its last connection done, the old worker exits, and says so.
+    assert!(
+        server.wait_for_log(
+            "previous worker finished its connections and exited",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        server.log()
+    );
 }

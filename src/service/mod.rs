@@ -297,7 +297,7 @@ impl App {
                     }
                 }
                 // The upload is stored; a failed prune is retried after the next one.
-                Err(e) => tracing::error!(system = %system, error = ?e, "retention failed"),
+                Err(e) => tracing::error!(system = %system, error = %e, "retention failed"),
             }
         }
         self.note_holding(system).await;

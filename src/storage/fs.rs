@@ -696,7 +696,9 @@ fn check_marker(root: &Dir, first: bool, created: bool) -> io::Result<()> {
     match mark_root(root) {
         Ok(()) => tracing::info!("storage root initialised ({STORAGE_MARKER} written)"),
         Err(e) => {
-            tracing::info!(error = %e, "storage root adopted; {STORAGE_MARKER} is written by the worker sandboxed to it")
+            // Under --no-self-sandbox nothing confines us: `error` then
+            // names the real cause (a read-only or foreign directory).
+            tracing::info!(error = %e, "storage root adopted without writing {STORAGE_MARKER}; a worker sandboxed to another root cannot, and its successor sandboxed to this one does")
         }
     }
     Ok(())

@@ -132,6 +132,18 @@ pub enum StoreError {
     Full,
 }
 
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::NotFound => f.write_str("no such backup"),
+            StoreError::Unavailable(e) => write!(f, "store unavailable: {e}"),
+            StoreError::Full => f.write_str("store full"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
 /// Where backups are kept.
 pub enum Storage {
     /// A directory per system under a storage root, through cap-std.
