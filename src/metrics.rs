@@ -104,6 +104,8 @@ pub struct Metrics {
     per_system: bool,
     systems: Mutex<BTreeMap<SystemName, SystemSeries>>,
     space: Mutex<Option<Space>>,
+    /// Requests sent to the object store, by S3 operation, as last told.
+    store_requests: Mutex<Vec<(&'static str, u64)>>,
     /// Unix time the served certificate expires; 0: no TLS.
     tls_expiry: AtomicU64,
     /// By [`Reloaded`], in its `ALL` order.
@@ -172,6 +174,14 @@ impl Metrics {
     /// delete, retention).
     pub fn held(&self, system: &SystemName, holding: Holding) {
         self.system(system, |s| s.held = Some(holding));
+    }
+
+    /// Requests the object store has been sent so far, by S3 operation.
+    pub fn store_requests(&self, sent: Vec<(&'static str, u64)>) {
+        *self
+            .store_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = sent;
     }
 
     /// The storage filesystem's room, as last measured.
@@ -367,6 +377,23 @@ impl Metrics {
                 n.load(Ordering::Relaxed)
             );
         }
+        let sent = self
+            .store_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !sent.is_empty() {
+            let _ = write!(
+                out,
+                "# HELP backupd_store_requests_total Requests sent to the object store, answered or not, by S3 operation.\n# TYPE backupd_store_requests_total counter\n"
+            );
+            for (operation, n) in sent.iter() {
+                let _ = writeln!(
+                    out,
+                    "backupd_store_requests_total{{operation=\"{operation}\"}} {n}"
+                );
+            }
+        }
+        drop(sent);
         if let Some(space) = *self.space.lock().unwrap_or_else(|e| e.into_inner()) {
             let _ = write!(
                 out,

@@ -178,14 +178,6 @@ async fn metrics_health_and_readiness_on_the_admin_listener_only() {
 }
 
 /// The value of one series in `/metrics`, if present.
-async fn series(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
-    get(admin, "/metrics", None)
-        .await
-        .text()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test]
 async fn per_system_series_name_registered_systems_only_and_can_be_switched_off() {
     let dir = tempfile::tempdir().unwrap();

@@ -196,3 +196,110 @@ async fn re_adding_a_name_whose_objects_remain_needs_adopt() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A replica's per-system metrics count what the bucket holds for every
+/// registered system, other replicas' uploads included, from one listing
+/// of the whole prefix: keys of a system that is not registered, a name
+/// that is not an id, an id not spelled canonically, and uploads in
+/// progress count for nothing.
+#[tokio::test]
+#[ignore = "needs an S3 server: .ci/s3.sh"]
+async fn a_replicas_per_system_metrics_count_what_the_bucket_holds() {
+    let a = Server::start_with(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--retention-count",
+            "0",
+            "--upload-rate-per-minute",
+            "0",
+            "--upload-rate-per-hour",
+            "0",
+        ],
+    );
+    assert!(a.s3.is_some(), "run with BACKUPD_TEST_BACKEND=s3");
+    let fw1 = basic("fw1", &a.add_system("fw1"));
+    let fw2 = basic("fw2", &a.add_system("fw2"));
+    a.add_system("fw3");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for (auth, len) in [(&fw1, 1000), (&fw1, 300), (&fw2, 77)] {
+        let reply = upload(a.addr, Some(auth), vec![3; len], &[]).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+    }
+    // Systems that hold nothing: a scan must not cost a request for each.
+    for n in 0..60 {
+        a.add_system(&format!("idle{n}"));
+    }
+    a.put("fw10", ID, &[1; 5000]);
+    a.put("fw1", "notes.txt", &[1; 9]);
+    a.put("fw1", &ID.to_uppercase(), &[1; 11]);
+    // Started after all that, b's first scan (at start-up) counts it.
+    let b = replica_of(&a, &["--admin-listen", "127.0.0.1:0"]);
+    let admin = admin_addr(&b);
+    let at = |name: &str, system: &str| format!("{name}{{system=\"{system}\"}}");
+    wait_for_series(
+        admin,
+        &at("backupd_system_backups", "idle59"),
+        Some(0.0),
+        &b,
+    )
+    .await;
+    for (system, backups, bytes) in [("fw1", 2.0, 1300.0), ("fw2", 1.0, 77.0), ("fw3", 0.0, 0.0)] {
+        assert_eq!(
+            series(admin, &at("backupd_system_backups", system)).await,
+            Some(backups),
+            "{system}"
+        );
+        assert_eq!(
+            series(admin, &at("backupd_system_bytes", system)).await,
+            Some(bytes),
+            "{system}"
+        );
+    }
+    let newest = series(
+        admin,
+        &at("backupd_system_newest_backup_timestamp_seconds", "fw1"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        newest >= before.floor() && newest <= before + 30.0,
+        "{newest} vs {before}"
+    );
+    assert_eq!(
+        series(
+            admin,
+            &at("backupd_system_newest_backup_timestamp_seconds", "fw3")
+        )
+        .await,
+        None
+    );
+    let text = get(admin, "/metrics", None).await.text();
+    assert!(!text.contains("fw10"), "{text}");
+
+    // A scan of 64 systems is one listing of the prefix, and the records
+    // it needed are kept: a system added sets one off.
+    let sent = |op: &'static str| async move {
+        series(
+            admin,
+            &format!("backupd_store_requests_total{{operation=\"{op}\"}}"),
+        )
+        .await
+        .expect(op)
+    };
+    let (lists, heads) = (sent("ListObjectsV2").await, sent("HeadObject").await);
+    let start = std::time::Instant::now();
+    a.add_system("late");
+    wait_for_series(admin, &at("backupd_system_backups", "late"), Some(0.0), &b).await;
+    // Besides the scan's one page, the readiness probe lists one key every
+    // 500 ms.
+    let probes = (start.elapsed().as_secs_f64() * 2.0).ceil() + 2.0;
+    let listed = sent("ListObjectsV2").await - lists;
+    assert!(
+        listed <= 1.0 + probes,
+        "{listed} lists for one scan of 64 systems"
+    );
+    assert_eq!(sent("HeadObject").await - heads, 0.0);
+}

@@ -84,6 +84,9 @@ async fn answer<B>(app: Arc<App>, req: Request<B>) -> Result<Response<Body>, Inf
                     crate::metrics::Reloaded::Credentials,
                     app.credentials.reload_failures(),
                 );
+                if let Some(sent) = app.storage.store_requests() {
+                    app.metrics.store_requests(sent);
+                }
                 app.metrics.render()
             },
         ),

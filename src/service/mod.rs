@@ -319,7 +319,7 @@ impl App {
     }
 
     /// Re-reads what every registered system holds, for the per-system
-    /// metrics (one list per system).
+    /// metrics ([`Storage::inventory`]).
     /// Between two scans a replica's own uploads and deletes keep its
     /// figures current; another replica's show at the next scan.
     pub async fn scan_inventory(&self) {
@@ -327,19 +327,17 @@ impl App {
             return;
         }
         let names = self.credentials.current().names();
-        let mut held = Vec::with_capacity(names.len());
         let mut failed = 0;
-        for name in names {
-            let holding = match self.storage.list(&name).await {
-                Ok(backups) => {
-                    failed += backups.iter().filter(|b| b.failed_verification).count() as u64;
-                    Some(Holding::of(&backups))
-                }
-                Err(StoreError::NotFound) => Some(Holding::default()),
-                Err(_) => None,
-            };
-            held.push((name, holding));
-        }
+        let held = self
+            .storage
+            .inventory(names)
+            .await
+            .into_iter()
+            .map(|(name, held)| {
+                failed += held.map_or(0, |(_, f)| f);
+                (name, held.map(|(holding, _)| holding))
+            })
+            .collect();
         self.metrics.inventory(held);
         self.metrics.failed_verification_held(failed);
     }

@@ -118,6 +118,23 @@ pub fn backup_in(prefix: &KeyPrefix, system: &SystemName, key: &str) -> Option<B
     (backup_key(prefix, system, &id) == key).then_some(id)
 }
 
+/// What a listing of every system's backups at once asks for: the whole
+/// prefix, trailing slash included (the whole bucket without a prefix).
+pub fn all_systems_prefix(prefix: &KeyPrefix) -> String {
+    prefix.head()
+}
+
+/// The system and backup a key of such a listing is, if it is exactly the
+/// canonical key of one ([`backup_in`] for the system its first segment
+/// names); `None` for anything else (uploads in progress, a name that is
+/// not a system name, another spelling, a foreign key).
+pub fn backup_anywhere(prefix: &KeyPrefix, key: &str) -> Option<(SystemName, BackupId)> {
+    let (system, _) = key.strip_prefix(&prefix.head())?.split_once('/')?;
+    let system: SystemName = system.parse().ok()?;
+    let id = backup_in(prefix, &system, key)?;
+    Some((system, id))
+}
+
 /// Where uploads in progress go, apart from every system's keys (a system
 /// name cannot start with a dot): `PREFIX/.uploads/`.
 pub fn uploads_prefix(prefix: &KeyPrefix) -> String {
@@ -173,6 +190,35 @@ mod tests {
             format!("p/fw1/{}", ID.replace('-', "")),
         ] {
             assert_eq!(backup_in(&p, &fw1, &other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_listing_of_the_whole_prefix_names_each_backups_system() {
+        let p: KeyPrefix = "p".parse().unwrap();
+        let id: BackupId = ID.parse().unwrap();
+        assert_eq!(all_systems_prefix(&p), "p/");
+        assert_eq!(
+            backup_anywhere(&p, &format!("p/fw10/{ID}")),
+            Some((system("fw10"), id))
+        );
+        assert_eq!(
+            backup_anywhere(&KeyPrefix::default(), &format!("fw1/{ID}")),
+            Some((system("fw1"), id))
+        );
+        for other in [
+            format!("p/.uploads/{ID}"),
+            format!("p/fw1/x/{ID}"),
+            format!("p/fw1/{}", ID.to_uppercase()),
+            format!("p/fw1/{ID}/"),
+            format!("p/fw1//{ID}"),
+            format!("q/fw1/{ID}"),
+            format!("p/{ID}"),
+            format!("p/../fw1/{ID}"),
+            format!("p/fw 1/{ID}"),
+            "p/fw1/notes.txt".to_owned(),
+        ] {
+            assert_eq!(backup_anywhere(&p, &other), None, "{other}");
         }
     }
 

@@ -216,6 +216,59 @@ impl Storage {
         }
     }
 
+    /// Requests sent to the object store so far, by S3 operation name;
+    /// `None` for the filesystem.
+    pub fn store_requests(&self) -> Option<Vec<(&'static str, u64)>> {
+        match self {
+            Storage::Fs(_) => None,
+            Storage::S3(store) => Some(
+                store
+                    .requests()
+                    .into_iter()
+                    .map(|(op, n)| (op.name(), n))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// What each of `systems` holds and how many of its backups failed
+    /// `backupd verify`, for the per-system metrics; `None` for a system
+    /// whose holding cannot be read right now. The filesystem reads each
+    /// system's directory; the object store lists its whole prefix once
+    /// (see [`s3::store::S3Store::inventory`]).
+    pub async fn inventory(
+        &self,
+        systems: Vec<SystemName>,
+    ) -> Vec<(SystemName, Option<(Holding, u64)>)> {
+        match self {
+            Storage::Fs(store) => {
+                let mut out = Vec::with_capacity(systems.len());
+                for system in systems {
+                    let held = match store.list(&system).await {
+                        Ok(backups) => Some((
+                            Holding::of(&backups),
+                            backups.iter().filter(|b| b.failed_verification).count() as u64,
+                        )),
+                        Err(StoreError::NotFound) => Some((Holding::default(), 0)),
+                        Err(_) => None,
+                    };
+                    out.push((system, held));
+                }
+                out
+            }
+            Storage::S3(store) => match store.inventory(&systems).await {
+                Ok(held) => held
+                    .into_iter()
+                    .map(|(system, holding, failed)| (system, Some((holding, failed))))
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the store for the per-system metrics; they keep their last figures");
+                    systems.into_iter().map(|s| (s, None)).collect()
+                }
+            },
+        }
+    }
+
     /// Deletes `system`'s backup `id` and its upload record.
     pub async fn delete(&self, system: &SystemName, id: &BackupId) -> Result<(), StoreError> {
         match self {

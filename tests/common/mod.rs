@@ -621,6 +621,35 @@ impl Reply {
     }
 }
 
+/// The value of the series `name` (with its labels) on an admin listener's
+/// `/metrics`, if it is there.
+pub async fn series(admin: std::net::SocketAddr, name: &str) -> Option<f64> {
+    get(admin, "/metrics", None)
+        .await
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits (up to 10 s) until the series `name` on `admin` reads `want`
+/// (`None`: until it is gone); fails with `server`'s log.
+pub async fn wait_for_series(
+    admin: std::net::SocketAddr,
+    name: &str,
+    want: Option<f64>,
+    server: &Server,
+) {
+    let start = Instant::now();
+    while series(admin, name).await != want {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{name} is not {want:?}: {}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The admin listener's address, from the server's start-up log line.
 pub fn admin_addr(server: &Server) -> std::net::SocketAddr {
     assert!(

@@ -170,6 +170,98 @@ impl std::fmt::Display for S3Error {
 
 impl std::error::Error for S3Error {}
 
+/// The S3 operations backupd sends, by their API names: the `operation`
+/// label of `backupd_store_requests_total` (a store such as AWS charges by
+/// them, and a LIST costs what a PUT does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// An object's bytes (a download).
+    GetObject,
+    /// An object's headers (its upload record).
+    HeadObject,
+    /// An object in one request (an upload up to the single-PUT limit).
+    PutObject,
+    /// A server-side copy (an upload's commit).
+    CopyObject,
+    /// A removal.
+    DeleteObject,
+    /// A page of up to 1,000 keys.
+    ListObjectsV2,
+    /// The start of an upload in parts.
+    CreateMultipartUpload,
+    /// One part.
+    UploadPart,
+    /// One part copied on the server (the commit of a large upload).
+    UploadPartCopy,
+    /// The end of an upload in parts.
+    CompleteMultipartUpload,
+    /// An upload in parts given up.
+    AbortMultipartUpload,
+    /// A page of the uploads in parts in progress.
+    ListMultipartUploads,
+}
+
+impl Operation {
+    /// Every operation, in the order they are reported.
+    pub const ALL: [Operation; 12] = [
+        Operation::GetObject,
+        Operation::HeadObject,
+        Operation::PutObject,
+        Operation::CopyObject,
+        Operation::DeleteObject,
+        Operation::ListObjectsV2,
+        Operation::CreateMultipartUpload,
+        Operation::UploadPart,
+        Operation::UploadPartCopy,
+        Operation::CompleteMultipartUpload,
+        Operation::AbortMultipartUpload,
+        Operation::ListMultipartUploads,
+    ];
+
+    /// Its name in the S3 API.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::GetObject => "GetObject",
+            Operation::HeadObject => "HeadObject",
+            Operation::PutObject => "PutObject",
+            Operation::CopyObject => "CopyObject",
+            Operation::DeleteObject => "DeleteObject",
+            Operation::ListObjectsV2 => "ListObjectsV2",
+            Operation::CreateMultipartUpload => "CreateMultipartUpload",
+            Operation::UploadPart => "UploadPart",
+            Operation::UploadPartCopy => "UploadPartCopy",
+            Operation::CompleteMultipartUpload => "CompleteMultipartUpload",
+            Operation::AbortMultipartUpload => "AbortMultipartUpload",
+            Operation::ListMultipartUploads => "ListMultipartUploads",
+        }
+    }
+
+    /// Which operation a request of [`Client::send`] is.
+    fn of(
+        method: &Method,
+        key: Option<&str>,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Self {
+        let asks = |name: &str| query.iter().any(|(n, _)| *n == name);
+        let copies = headers.iter().any(|(n, _)| *n == "x-amz-copy-source");
+        match *method {
+            Method::HEAD => Operation::HeadObject,
+            Method::GET if asks("uploads") => Operation::ListMultipartUploads,
+            Method::GET if key.is_none() => Operation::ListObjectsV2,
+            Method::PUT if asks("partNumber") && copies => Operation::UploadPartCopy,
+            Method::PUT if asks("partNumber") => Operation::UploadPart,
+            Method::PUT if copies => Operation::CopyObject,
+            Method::PUT => Operation::PutObject,
+            Method::POST if asks("uploads") => Operation::CreateMultipartUpload,
+            Method::POST => Operation::CompleteMultipartUpload,
+            Method::DELETE if asks("uploadId") => Operation::AbortMultipartUpload,
+            Method::DELETE => Operation::DeleteObject,
+            _ => Operation::GetObject,
+        }
+    }
+}
+
 /// One bucket of one store, with its credentials.
 pub struct Client {
     endpoint: Endpoint,
@@ -179,6 +271,8 @@ pub struct Client {
     http: HyperClient<Connector, RequestBody>,
     /// Longest wait for an answer (see [`S3_ANSWER_TIMEOUT`]).
     timeout: Duration,
+    /// Requests sent, by [`Operation`] (its index in [`Operation::ALL`]).
+    sent: [std::sync::atomic::AtomicU64; Operation::ALL.len()],
 }
 
 /// A body that is all in memory.
@@ -235,6 +329,7 @@ impl Client {
             http: HyperClient::builder(TokioExecutor::new()).build(Connector { tcp, tls }),
             endpoint,
             timeout: S3_ANSWER_TIMEOUT,
+            sent: Default::default(),
         })
     }
 
@@ -250,6 +345,15 @@ impl Client {
         self.timeout
     }
 
+    /// Requests sent so far (answered or not), by operation.
+    pub fn requests(&self) -> Vec<(Operation, u64)> {
+        Operation::ALL
+            .iter()
+            .zip(&self.sent)
+            .map(|(op, n)| (*op, n.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
+    }
+
     /// Sends one signed request for `key` (or the bucket itself) and gives
     /// back the response if its status is a success; any other status is
     /// read (bounded) and classified.
@@ -262,6 +366,8 @@ impl Client {
         body: RequestBody,
         payload: Payload<'_>,
     ) -> Result<Response<Incoming>, S3Error> {
+        let operation = Operation::of(&method, key, query, headers);
+        self.sent[operation as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = match key {
             Some(key) => format!("/{}/{key}", self.bucket),
             None => format!("/{}", self.bucket),
@@ -737,6 +843,64 @@ impl hyper::rt::Write for Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_request_is_counted_as_its_s3_operation() {
+        let op = Operation::of;
+        let copy = [("x-amz-copy-source", "/b/k")];
+        let part = [("partNumber", "1"), ("uploadId", "u")];
+        assert_eq!(op(&Method::GET, Some("k"), &[], &[]), Operation::GetObject);
+        assert_eq!(
+            op(&Method::HEAD, Some("k"), &[], &[]),
+            Operation::HeadObject
+        );
+        assert_eq!(op(&Method::PUT, Some("k"), &[], &[]), Operation::PutObject);
+        assert_eq!(
+            op(&Method::PUT, Some("k"), &[], &copy),
+            Operation::CopyObject
+        );
+        assert_eq!(
+            op(&Method::DELETE, Some("k"), &[], &[]),
+            Operation::DeleteObject
+        );
+        let list = [("list-type", "2"), ("prefix", "p/")];
+        assert_eq!(op(&Method::GET, None, &list, &[]), Operation::ListObjectsV2);
+        let uploads = [("uploads", "")];
+        assert_eq!(
+            op(&Method::POST, Some("k"), &uploads, &[]),
+            Operation::CreateMultipartUpload
+        );
+        assert_eq!(
+            op(&Method::PUT, Some("k"), &part, &[]),
+            Operation::UploadPart
+        );
+        assert_eq!(
+            op(&Method::PUT, Some("k"), &part, &copy),
+            Operation::UploadPartCopy
+        );
+        let id = [("uploadId", "u")];
+        assert_eq!(
+            op(&Method::POST, Some("k"), &id, &[]),
+            Operation::CompleteMultipartUpload
+        );
+        assert_eq!(
+            op(&Method::DELETE, Some("k"), &id, &[]),
+            Operation::AbortMultipartUpload
+        );
+        assert_eq!(
+            op(&Method::GET, None, &uploads, &[]),
+            Operation::ListMultipartUploads
+        );
+        let names: std::collections::BTreeSet<_> = Operation::ALL.map(Operation::name).into();
+        assert_eq!(
+            names.len(),
+            Operation::ALL.len(),
+            "two operations share a name"
+        );
+        for (i, o) in Operation::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o:?} out of place in ALL");
+        }
+    }
 
     #[test]
     fn plain_http_goes_to_loopback_only() {

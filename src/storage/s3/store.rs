@@ -30,7 +30,7 @@ use super::client::{Client, RequestBody, S3Error};
 use crate::backup_id::BackupId;
 use crate::storage::key::{self, KeyPrefix};
 use crate::storage::metadata::{BackupInfo, hex};
-use crate::storage::{BodyLength, StoreError};
+use crate::storage::{BodyLength, Holding, StoreError};
 use crate::system_name::SystemName;
 
 /// Records remembered at once (a few hundred bytes each); at this many the
@@ -171,6 +171,11 @@ impl S3Store {
         }
     }
 
+    /// Requests sent to the store so far, by operation.
+    pub fn requests(&self) -> Vec<(super::client::Operation, u64)> {
+        self.client.requests()
+    }
+
     /// The lock serialising `system`'s commits, pruning and deletes in this
     /// process (replicas do not share it; see the README).
     pub fn system_lock(&self, system: &SystemName) -> Arc<tokio::sync::Mutex<()>> {
@@ -269,6 +274,88 @@ impl S3Store {
         }
         known.sort_by_key(|b| std::cmp::Reverse(b.id.uuid()));
         Ok(known)
+    }
+
+    /// What each of `systems` holds, and how many of its backups carry a
+    /// failed verification, from one listing of the whole prefix: a
+    /// request per 1,000 keys, however many systems there are (a list per
+    /// system was 100,000 LISTs every scan for 100,000 systems). Sizes come
+    /// from the listing; a system's newest backup also needs its upload
+    /// record for when it was stored, which is one HEAD the first time it
+    /// is seen (the records are kept). Keys of systems not in `systems`,
+    /// and keys that are not exactly canonical, count for nothing.
+    pub async fn inventory(
+        &self,
+        systems: &[SystemName],
+    ) -> Result<Vec<(SystemName, Holding, u64)>, StoreError> {
+        let mut held: HashMap<&SystemName, Vec<(BackupId, u64)>> =
+            systems.iter().map(|s| (s, Vec::new())).collect();
+        let prefix = key::all_systems_prefix(&self.prefix);
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.note(self.client.list(&prefix, token.as_deref()).await)?;
+            for object in &page.objects {
+                if let Some((system, id)) = key::backup_anywhere(&self.prefix, &object.key)
+                    && let Some(backups) = held.get_mut(&system)
+                {
+                    backups.push((id, object.size));
+                }
+            }
+            match page.next_continuation_token {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        let mut out = Vec::with_capacity(systems.len());
+        for system in systems {
+            let backups = &held[system];
+            let (newest, failed) = {
+                let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+                let record = |id: &BackupId, size: u64| {
+                    records
+                        .get(&(system.clone(), *id))
+                        .filter(|info| info.size == size)
+                        .cloned()
+                };
+                let failed = backups
+                    .iter()
+                    .filter_map(|(id, size)| record(id, *size))
+                    .filter(|info| info.failed_verification)
+                    .count() as u64;
+                let newest = backups
+                    .iter()
+                    .max_by_key(|(id, _)| id.uuid())
+                    .map(|(id, size)| (*id, record(id, *size)));
+                (newest, failed)
+            };
+            let newest = match newest {
+                None => None,
+                Some((_, Some(info))) => Some(info.uploaded_at),
+                Some((id, None)) => {
+                    let key = key::backup_key(&self.prefix, system, &id);
+                    match self.note(self.client.head(&key).await) {
+                        Ok(headers) => {
+                            let (info, _, _) = describe(id, &headers)?;
+                            self.remember(system, &info);
+                            Some(info.uploaded_at)
+                        }
+                        // Deleted since the listing: the next scan has it right.
+                        Err(StoreError::NotFound) => None,
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            out.push((
+                system.clone(),
+                Holding {
+                    backups: backups.len() as u64,
+                    bytes: backups.iter().map(|(_, size)| size).sum(),
+                    newest,
+                },
+                failed,
+            ));
+        }
+        Ok(out)
     }
 
     fn remember(&self, system: &SystemName, info: &BackupInfo) {
