@@ -195,6 +195,76 @@ async fn a_stopped_store_is_503_and_the_server_recovers_by_itself() {
     assert_eq!(server.uploads_in_progress("fw1"), Vec::<String>::new());
 }
 
+/// Waits (100 ms apart, no store request of its own) until `/readyz`
+/// answers `status`, failing after `limit`.
+async fn wait_for_readyz(admin: std::net::SocketAddr, status: StatusCode, limit: Duration) {
+    let start = Instant::now();
+    while get(admin, "/readyz", None).await.status != status {
+        assert!(
+            start.elapsed() < limit,
+            "readyz not {status} after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The readiness probe costs a LIST-priced request: an idle replica sends
+/// one every few seconds, a busy one none, and one whose store is down
+/// asks twice a second, so it is ready again soon after the store is.
+#[tokio::test]
+#[ignore = "needs an S3 server: .ci/s3.sh"]
+async fn the_readiness_probe_asks_only_an_idle_or_lost_store() {
+    let (server, switch) = behind_a_switch(&["--admin-listen", "127.0.0.1:0"]).await;
+    let admin = admin_addr(&server);
+    let auth = basic("fw1", &server.add_system("fw1"));
+    let stored = upload(server.addr, Some(&auth), b"kept".to_vec(), &[]).await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.text());
+    let id = json(&stored)["data"]["id"].as_str().unwrap().to_owned();
+    let lists = || async {
+        series(
+            admin,
+            "backupd_store_requests_total{operation=\"ListObjectsV2\"}",
+        )
+        .await
+        .unwrap_or(0.0)
+    };
+
+    // Idle: 12 probes in 6 s at the old 500 ms, now one or two.
+    let before = lists().await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let idle = lists().await - before;
+    assert!((1.0..=2.0).contains(&idle), "{idle} probes in 6 s idle");
+
+    // Busy: a download every 200 ms answers for the store; no probe.
+    let before = lists().await;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        let reply = get(server.addr, &backup_path(&id), Some(&auth)).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(lists().await - before, 0.0, "probes while busy");
+
+    // Lost while idle: noticed by the probe within its interval, with the
+    // cause logged; back by itself within a second or two of the store.
+    switch.stop();
+    wait_for_readyz(
+        admin,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(8),
+    )
+    .await;
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("object store is unavailable"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("error="), "{line}");
+    switch.start();
+    wait_for_readyz(admin, StatusCode::OK, Duration::from_secs(2)).await;
+    assert!(server.log().contains("object store is available"));
+}
+
 #[tokio::test]
 #[ignore = "needs an S3 server: .ci/s3.sh"]
 async fn a_store_stopped_mid_download_aborts_the_transfer() {

@@ -16,9 +16,9 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -45,6 +45,13 @@ pub const RECORD_FETCHES_IN_FLIGHT: usize = 32;
 /// [`crate::config::WRITE_CHUNK_BYTES`], at most this many batches of one
 /// upload wait in memory.
 const UPLOAD_QUEUE_BATCHES: usize = 2;
+
+/// While the store answers, how long a replica goes without a request
+/// reaching it before a readiness probe asks (one `ListObjectsV2`, a
+/// LIST-priced request on AWS); a replica that serves requests probes
+/// never. A store that stopped answering is probed every
+/// [`crate::config::STORAGE_CHECK_INTERVAL`] until it is back.
+pub const S3_IDLE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Default largest upload sent in one PUT and copied in one CopyObject:
 /// AWS S3's limit for both.
@@ -82,6 +89,9 @@ pub struct S3Store {
     prefix: KeyPrefix,
     /// Whether the store answered the last request or probe.
     healthy: AtomicBool,
+    /// When the store last answered, in milliseconds after `born`.
+    answered_ms: AtomicU64,
+    born: Instant,
     /// Records by system and id: an object is never rewritten under its
     /// key, so a record once read stays true until the object is deleted.
     records: Mutex<HashMap<(SystemName, BackupId), BackupInfo>>,
@@ -115,6 +125,8 @@ impl S3Store {
             client: Arc::new(client),
             prefix,
             healthy: AtomicBool::new(true),
+            answered_ms: AtomicU64::new(0),
+            born: Instant::now(),
             records: Mutex::default(),
             locks: Mutex::default(),
             single_put_max,
@@ -141,11 +153,11 @@ impl S3Store {
     fn note<T>(&self, result: Result<T, S3Error>) -> Result<T, StoreError> {
         match result {
             Ok(value) => {
-                self.healthy.store(true, Ordering::Relaxed);
+                self.answered();
                 Ok(value)
             }
             Err(S3Error::NotFound) => {
-                self.healthy.store(true, Ordering::Relaxed);
+                self.answered();
                 Err(StoreError::NotFound)
             }
             Err(e) => {
@@ -155,17 +167,38 @@ impl S3Store {
         }
     }
 
-    /// Asks the store something cheap; the health `/readyz` reports, and
-    /// the way back to it after an outage.
+    fn answered(&self) {
+        self.healthy.store(true, Ordering::Relaxed);
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.answered_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the store answered something within `window`.
+    fn answered_within(&self, window: Duration) -> bool {
+        let last = Duration::from_millis(self.answered_ms.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(last) < window
+    }
+
+    /// Asks the store something cheap when it is due (see
+    /// [`S3_IDLE_PROBE_INTERVAL`]); the health `/readyz` reports, and the
+    /// way back to it after an outage. It lists the uploads' prefix, which
+    /// the store's credentials must reach anyway (a HEAD of a missing key
+    /// is a 403, not a 404, under a policy that scopes `s3:ListBucket` to
+    /// the prefix).
     pub async fn probe(&self) {
+        if self.is_available() && self.answered_within(S3_IDLE_PROBE_INTERVAL) {
+            return;
+        }
         let uploads = key::uploads_prefix(&self.prefix);
         let result = self.client.list(&uploads, None).await;
         let was = self.is_available();
+        let failure = result.as_ref().err().map(ToString::to_string);
         let _ = self.note(result.map(drop));
         match (was, self.is_available()) {
-            (true, false) => {
-                tracing::error!("object store is unavailable; answering 503 until it is back")
-            }
+            (true, false) => tracing::error!(
+                error = failure.as_deref().unwrap_or_default(),
+                "object store is unavailable; answering 503 until it is back"
+            ),
             (false, true) => tracing::info!("object store is available"),
             _ => {}
         }
