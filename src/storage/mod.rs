@@ -116,7 +116,7 @@ impl PartialUpload {
     pub fn write(&mut self, chunk: &Arc<Chunk>) -> Result<(), StoreError> {
         match self {
             PartialUpload::File(upload) => upload.write(chunk.as_slice()),
-            PartialUpload::Object(upload) => upload.write_blocking(vec![Chunk::to_bytes(chunk)]),
+            PartialUpload::Object(upload) => upload.write_blocking(Chunk::to_bytes(chunk)),
         }
     }
 }

@@ -41,10 +41,9 @@ pub const MAX_CACHED_RECORDS: usize = 100_000;
 /// seen (another replica's uploads, or after a restart).
 pub const RECORD_FETCHES_IN_FLIGHT: usize = 32;
 
-/// Batches of an upload queued for its PUT: with batches of
-/// [`crate::config::WRITE_CHUNK_BYTES`], at most this many batches of one
-/// upload wait in memory.
-const UPLOAD_QUEUE_BATCHES: usize = 2;
+/// Chunks of an upload ([`crate::config::WRITE_CHUNK_BYTES`] each) queued
+/// for its PUT or its parts: at most this many of one upload wait here.
+const UPLOAD_QUEUE_CHUNKS: usize = 2;
 
 /// While the store answers, how long a replica goes without a request
 /// reaching it before a readiness probe asks (one `ListObjectsV2`, a
@@ -465,18 +464,14 @@ impl S3Store {
     /// SHA-256.
     pub fn begin_upload(&self, length: BodyLength, checksum: Option<[u8; 32]>) -> Upload {
         let key = key::upload_key(&self.prefix, uuid::Uuid::now_v7());
-        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Vec<Bytes>>>(UPLOAD_QUEUE_BATCHES);
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(UPLOAD_QUEUE_CHUNKS);
         let client = self.client.clone();
         let multipart = Arc::new(Mutex::new(None));
         let (task_key, started) = (key.clone(), multipart.clone());
         let task = if let BodyLength::Exact(declared) = length
             && declared <= self.single_put_max
         {
-            let body: RequestBody = ChannelBody {
-                rx,
-                pending: Default::default(),
-            }
-            .boxed_unsync();
+            let body: RequestBody = ChannelBody { rx }.boxed_unsync();
             tokio::spawn(async move {
                 use base64::Engine;
                 let checksum =
@@ -624,7 +619,7 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
 pub struct Upload {
     client: Arc<Client>,
     key: String,
-    tx: Option<tokio::sync::mpsc::Sender<io::Result<Vec<Bytes>>>>,
+    tx: Option<tokio::sync::mpsc::Sender<io::Result<Bytes>>>,
     task: Option<tokio::task::JoinHandle<Result<(), S3Error>>>,
     /// The multipart upload's id, once the store has given one.
     multipart: Arc<Mutex<Option<String>>>,
@@ -632,14 +627,14 @@ pub struct Upload {
 }
 
 impl Upload {
-    /// Queues `batch` for the store; blocking (call from the blocking pool).
-    pub fn write_blocking(&mut self, batch: Vec<Bytes>) -> Result<(), StoreError> {
-        if batch.iter().all(Bytes::is_empty) {
+    /// Queues `chunk` for the store; blocking (call from the blocking pool).
+    pub fn write_blocking(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        if chunk.is_empty() {
             // Nothing to send (an empty backup's PUT may be done already).
             return Ok(());
         }
         let tx = self.tx.as_ref().ok_or(StoreError::NotFound)?;
-        tx.blocking_send(Ok(batch)).map_err(|_| {
+        tx.blocking_send(Ok(chunk)).map_err(|_| {
             StoreError::Unavailable(io::Error::other(
                 "the object store stopped taking the upload",
             ))
@@ -689,7 +684,7 @@ async fn send_parts(
     client: &Arc<Client>,
     key: &str,
     length: BodyLength,
-    mut rx: tokio::sync::mpsc::Receiver<io::Result<Vec<Bytes>>>,
+    mut rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
     started: &Mutex<Option<String>>,
 ) -> Result<(), S3Error> {
     let most = length.max();
@@ -701,32 +696,29 @@ async fn send_parts(
     let mut parts: Option<Parts> = None;
     let mut part = Part::default();
     let mut received: u64 = 0;
-    while let Some(batch) = rx.recv().await {
-        let batch = batch.map_err(|e| S3Error::Unavailable(format!("upload: {e}")))?;
-        for mut chunk in batch {
-            received += chunk.len() as u64;
-            if received > most {
-                return Err(S3Error::Unavailable("more bytes than declared".into()));
-            }
-            while !chunk.is_empty() {
-                let take = ((part_bytes - part.len) as usize).min(chunk.len());
-                part.push(chunk.split_to(take));
-                if part.len == part_bytes {
-                    if parts.is_none() {
-                        let upload_id = client.create_multipart(key, &[]).await?;
-                        *started.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(upload_id.clone());
-                        parts = Some(Parts {
-                            client: client.clone(),
-                            key: key.to_owned(),
-                            upload_id,
-                            sending: tokio::task::JoinSet::new(),
-                            etags: Vec::new(),
-                        });
-                    }
-                    if let Some(parts) = &mut parts {
-                        parts.send(std::mem::take(&mut part)).await?;
-                    }
+    while let Some(chunk) = rx.recv().await {
+        let mut chunk = chunk.map_err(|e| S3Error::Unavailable(format!("upload: {e}")))?;
+        received += chunk.len() as u64;
+        if received > most {
+            return Err(S3Error::Unavailable("more bytes than declared".into()));
+        }
+        while !chunk.is_empty() {
+            let take = ((part_bytes - part.len) as usize).min(chunk.len());
+            part.push(chunk.split_to(take));
+            if part.len == part_bytes {
+                if parts.is_none() {
+                    let upload_id = client.create_multipart(key, &[]).await?;
+                    *started.lock().unwrap_or_else(|e| e.into_inner()) = Some(upload_id.clone());
+                    parts = Some(Parts {
+                        client: client.clone(),
+                        key: key.to_owned(),
+                        upload_id,
+                        sending: tokio::task::JoinSet::new(),
+                        etags: Vec::new(),
+                    });
+                }
+                if let Some(parts) = &mut parts {
+                    parts.send(std::mem::take(&mut part)).await?;
                 }
             }
         }
@@ -905,11 +897,10 @@ impl http_body::Body for ObjectBody {
     }
 }
 
-/// The receiving end of an upload's queue, as the PUT's body: each batch
-/// passed on frame by frame.
+/// The receiving end of an upload's queue, as the PUT's body: a frame
+/// per chunk.
 struct ChannelBody {
-    rx: tokio::sync::mpsc::Receiver<io::Result<Vec<Bytes>>>,
-    pending: std::collections::VecDeque<Bytes>,
+    rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
 }
 
 impl http_body::Body for ChannelBody {
@@ -920,16 +911,8 @@ impl http_body::Body for ChannelBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<io::Result<Frame<Bytes>>>> {
-        use std::task::Poll;
-        loop {
-            if let Some(data) = self.pending.pop_front() {
-                return Poll::Ready(Some(Ok(Frame::data(data))));
-            }
-            match std::task::ready!(self.rx.poll_recv(cx)) {
-                Some(Ok(batch)) => self.pending.extend(batch),
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => return Poll::Ready(None),
-            }
-        }
+        self.rx
+            .poll_recv(cx)
+            .map(|next| next.map(|chunk| chunk.map(Frame::data)))
     }
 }
