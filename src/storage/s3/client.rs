@@ -262,13 +262,29 @@ impl Operation {
     }
 }
 
+/// Bytes read from a store's connection at a time: the most of a download
+/// a piece (a frame passed on to the client) holds, so with the piece in
+/// flight to the client, about what each download keeps in memory. hyper's
+/// default reads up to about 400 KiB, growing and shrinking with the
+/// reads: 64 concurrent 1 GiB downloads peaked at 58-69 MiB (the target is
+/// 64). At exactly 384 KiB they peaked at 42 MiB with the same CPU per GiB;
+/// at 256 KiB at 33 MiB with 20 % more, at 64 KiB at 21 MiB with 70 %
+/// more, a piece costing about 14 us (bench/RESULTS.md).
+pub const S3_READ_BUFFER_BYTES: usize = 384 << 10;
+
 /// One bucket of one store, with its credentials.
 pub struct Client {
     endpoint: Endpoint,
     bucket: String,
     region: String,
     credentials: Credentials,
-    http: HyperClient<Connector, RequestBody>,
+    /// How connections are made, for each thread's pool.
+    connector: Connector,
+    /// A connection pool per thread that sends requests: see
+    /// [`Client::http`].
+    pools: std::sync::Mutex<
+        std::collections::HashMap<std::thread::ThreadId, HyperClient<Connector, RequestBody>>,
+    >,
     /// Longest wait for an answer (see [`S3_ANSWER_TIMEOUT`]).
     timeout: Duration,
     /// Requests sent, by [`Operation`] (its index in [`Operation::ALL`]).
@@ -326,7 +342,8 @@ impl Client {
             bucket: bucket.to_owned(),
             region: region.to_owned(),
             credentials,
-            http: HyperClient::builder(TokioExecutor::new()).build(Connector { tcp, tls }),
+            connector: Connector { tcp, tls },
+            pools: Default::default(),
             endpoint,
             timeout: S3_ANSWER_TIMEOUT,
             sent: Default::default(),
@@ -338,6 +355,25 @@ impl Client {
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// The calling thread's connection pool. Each core's runtime is one
+    /// thread, and a pooled connection's task runs on the runtime that
+    /// opened it: with one pool for all, a download served on one core
+    /// often read the store's answer on the other and handed every piece
+    /// across threads, which made those downloads take 1.7x the CPU and
+    /// 1.2x the time (bench/RESULTS.md). With a pool per thread, the store's
+    /// connection and the client's are served by the same thread.
+    fn http(&self) -> HyperClient<Connector, RequestBody> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools
+            .entry(std::thread::current().id())
+            .or_insert_with(|| {
+                HyperClient::builder(TokioExecutor::new())
+                    .http1_read_buf_exact_size(S3_READ_BUFFER_BYTES)
+                    .build(self.connector.clone())
+            })
+            .clone()
     }
 
     /// Longest wait for an answer, or for the next piece of one.
@@ -405,7 +441,7 @@ impl Client {
         let request = request
             .body(body)
             .map_err(|e| S3Error::Unavailable(format!("request: {e}")))?;
-        let response = tokio::time::timeout(self.timeout, self.http.request(request))
+        let response = tokio::time::timeout(self.timeout, self.http().request(request))
             .await
             .map_err(|_| S3Error::Unavailable("no answer in time".into()))?
             .map_err(|e| S3Error::Unavailable(format!("{e:?}")))?;
