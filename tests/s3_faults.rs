@@ -108,9 +108,18 @@ async fn pipe(
 
 /// A server whose store is behind a switch.
 async fn behind_a_switch(extra: &[&str]) -> (Server, Switch) {
+    behind_a_switch_that(true, extra).await
+}
+
+/// A server whose store is behind a switch, `up` or stopped when it
+/// starts.
+async fn behind_a_switch_that(up: bool, extra: &[&str]) -> (Server, Switch) {
     let target = s3_target().expect("run with BACKUPD_TEST_BACKEND=s3");
     let upstream = target.endpoint.trim_start_matches("http://").to_owned();
     let switch = Switch::to(upstream).await;
+    if !up {
+        switch.stop();
+    }
     let prefix = format!("t-{}", uuid::Uuid::now_v7().simple());
     let dir = tempfile::tempdir().unwrap();
     let location = format!("s3://{}/{prefix}", target.bucket);
@@ -263,6 +272,28 @@ async fn the_readiness_probe_asks_only_an_idle_or_lost_store() {
     switch.start();
     wait_for_readyz(admin, StatusCode::OK, Duration::from_secs(2)).await;
     assert!(server.log().contains("object store is available"));
+}
+
+/// A store down when the server starts is noticed by the first probe,
+/// not after an idle interval (without the per-system scan, which asks
+/// the store at start-up too).
+#[tokio::test]
+#[ignore = "needs an S3 server: .ci/s3.sh"]
+async fn a_store_down_at_start_up_is_not_ready() {
+    let (server, switch) = behind_a_switch_that(
+        false,
+        &["--admin-listen", "127.0.0.1:0", "--no-per-system-metrics"],
+    )
+    .await;
+    let admin = admin_addr(&server);
+    wait_for_readyz(
+        admin,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(2),
+    )
+    .await;
+    switch.start();
+    wait_for_readyz(admin, StatusCode::OK, Duration::from_secs(2)).await;
 }
 
 #[tokio::test]

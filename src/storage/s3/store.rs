@@ -88,7 +88,8 @@ pub struct S3Store {
     prefix: KeyPrefix,
     /// Whether the store answered the last request or probe.
     healthy: AtomicBool,
-    /// When the store last answered, in milliseconds after `born`.
+    /// When the store last answered, in milliseconds after `born`, plus
+    /// one (0: never, so the first probe is sent at once).
     answered_ms: AtomicU64,
     born: Instant,
     /// Records by system and id: an object is never rewritten under its
@@ -168,14 +169,21 @@ impl S3Store {
 
     fn answered(&self) {
         self.healthy.store(true, Ordering::Relaxed);
-        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.answered_ms.fetch_max(ms, Ordering::Relaxed);
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.answered_ms.fetch_max(ms + 1, Ordering::Relaxed);
     }
 
     /// Whether the store answered something within `window`.
     fn answered_within(&self, window: Duration) -> bool {
-        let last = Duration::from_millis(self.answered_ms.load(Ordering::Relaxed));
-        self.born.elapsed().saturating_sub(last) < window
+        match self.answered_ms.load(Ordering::Relaxed) {
+            0 => false,
+            ms => {
+                self.born
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(ms - 1))
+                    < window
+            }
+        }
     }
 
     /// Asks the store something cheap when it is due (see
