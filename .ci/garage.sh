@@ -38,7 +38,10 @@ api_bind_addr = "127.0.0.1:3900"
 root_domain = ".s3.garage.localhost"
 CONF
 g() { "$bin" -c "$work/garage.toml" "$@"; }
-g server >"$work/garage.log" 2>&1 &
+# Started directly, not through g: $! of a backgrounded function is the
+# subshell running it, and killing that left the server running (and its
+# ports taken, so the next run could not start its own).
+"$bin" -c "$work/garage.toml" server >"$work/garage.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do g status >/dev/null 2>&1 && break; sleep 0.1; done
 g layout assign -z dc1 -c 1G "$(g node id -q | cut -d@ -f1)" >/dev/null
