@@ -29,6 +29,16 @@ fn replica_of(first: &Server, extra: &[&str]) -> Server {
     server
 }
 
+/// Registers `name` through `a`'s credentials file, and waits until `b`
+/// (polling the same file) has reloaded it too: a request to `b` sooner
+/// would race its poll and get 401.
+fn add_system_to_both(a: &Server, b: &Server, name: &str) -> String {
+    let reloads = b.count_log("credentials reloaded");
+    let secret = a.add_system(name);
+    b.wait_for_reload(reloads);
+    secret
+}
+
 fn ids(reply: &Reply) -> Vec<String> {
     json(reply)["data"]["backups"]
         .as_array()
@@ -44,7 +54,7 @@ async fn an_upload_through_one_replica_is_served_by_another_at_once() {
     let a = Server::start_with(tempfile::tempdir().unwrap(), &["--retention-count", "0"]);
     assert!(a.s3.is_some(), "run with BACKUPD_TEST_BACKEND=s3");
     let b = replica_of(&a, &["--retention-count", "0"]);
-    let auth = basic("fw1", &a.add_system("fw1"));
+    let auth = basic("fw1", &add_system_to_both(&a, &b, "fw1"));
     let content: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
     let stored = upload(
         a.addr,
@@ -95,7 +105,7 @@ async fn retention_converges_across_replicas() {
     let a = Server::start_with(tempfile::tempdir().unwrap(), &flags);
     assert!(a.s3.is_some(), "run with BACKUPD_TEST_BACKEND=s3");
     let b = replica_of(&a, &flags);
-    let auth = basic("fw1", &a.add_system("fw1"));
+    let auth = basic("fw1", &add_system_to_both(&a, &b, "fw1"));
     let mut tasks = Vec::new();
     for i in 0..8u8 {
         let (addr, auth) = (if i % 2 == 0 { a.addr } else { b.addr }, auth.clone());
