@@ -167,14 +167,12 @@ async fn a_stopped_store_is_503_and_the_server_recovers_by_itself() {
         assert!(reply.header("retry-after").is_some());
         assert_eq!(reply.text(), UNAVAILABLE_BODY);
     }
-    let start = Instant::now();
-    while get(admin, "/readyz", None).await.status != StatusCode::SERVICE_UNAVAILABLE {
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "readyz stayed 200"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_readyz(
+        admin,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(3),
+    )
+    .await;
     assert!(server.log().contains("ERROR"), "{}", server.log());
 
     switch.start();
@@ -191,14 +189,7 @@ async fn a_stopped_store_is_503_and_the_server_recovers_by_itself() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let start = Instant::now();
-    while get(admin, "/readyz", None).await.status != StatusCode::OK {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "readyz did not recover"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_readyz(admin, StatusCode::OK, Duration::from_secs(5)).await;
     // The upload refused during the outage left nothing.
     assert_eq!(server.stored_backups("fw1"), vec![id]);
     assert_eq!(server.uploads_in_progress("fw1"), Vec::<String>::new());
